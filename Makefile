@@ -1,0 +1,30 @@
+# make repro: set up the environment if needed, then run the whole DVC pipeline (dvc repro).
+# make test:  set up the environment if needed, then run pytest and nbval over every notebook.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+STAMP  := $(VENV)/.installed-stamp
+export PATH := $(BIN):$(PATH)
+
+.PHONY: env repro test bench clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+repro: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	python -m pytest tests
+	python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+bench: $(STAMP)
+	python bench/bench.py
+
+clean:
+	rm -rf runs results .dvc/cache .dvc/tmp

@@ -1,0 +1,290 @@
+"""Typed, validated configuration loaded from ``params.yaml``.
+
+Every knob of the pipeline is a field below; ``params.yaml`` writes each one out. Bad values fail
+here, before any data is loaded or any model is built, with a :class:`ConfigError` that names the
+bad value and the valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names it and the valid choices."""
+
+
+def check_choice(where: str, value: Any, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{where}: unknown value {value!r}; valid choices: {sorted(choices)}")
+
+
+def check_range(where: str, value, low=None, high=None, *, low_open=False) -> None:
+    ok = True
+    if low is not None:
+        ok = value > low if low_open else value >= low
+    if high is not None:
+        ok = ok and value <= high
+    if not ok:
+        lo = "(" if low_open else "["
+        raise ConfigError(f"{where}: {value!r} is out of range; valid: {lo}{low}, {high}]")
+
+
+def _coerce(where: str, value: Any, typ: Any) -> Any:
+    """Check ``value`` against a simple annotation (bool, int, float, str, tuple[...])."""
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner, *_rest) = typing.get_args(typ)
+        return tuple(_coerce(f"{where}[{i}]", v, inner) for i, v in enumerate(value))
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build(cls, values: Mapping[str, Any] | None, where: str):
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError."""
+    values = {} if values is None else values
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {names}")
+    kwargs = {k: _coerce(f"{where}.{k}", v, hints[k]) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset, open-set protocol and batch-level augmentation."""
+
+    dataset: str = "digits"
+    root: str = "data"
+    image_size: int = 32
+    test_fraction: float = 0.3      # stratified hold-out for datasets without an official test set
+    split_seed: int = 0             # seed of that stratified split and of the test-set balancing
+    splits: tuple[int, ...] = (0, 1, 2, 3, 4)
+    balance_test: bool = True       # subsample the larger of known/unknown test sets (Vaze et al.)
+    crop_padding: int = 2           # random-crop augmentation: pad by this many pixels, crop back
+    hflip: bool = False             # random horizontal flip (off for digits)
+    max_train: int = 0              # cap on training images, 0 = all (used by smoke runs)
+
+    def __post_init__(self):
+        from .data import DATASETS  # late import: data depends on config
+
+        check_choice("data.dataset", self.dataset, DATASETS)
+        check_range("data.image_size", self.image_size, 4)
+        check_range("data.test_fraction", self.test_fraction, 0.0, 1.0, low_open=True)
+        check_range("data.crop_padding", self.crop_padding, 0)
+        check_range("data.max_train", self.max_train, 0)
+        if not self.splits:
+            raise ConfigError("data.splits: empty; give at least one split index")
+        from .splits import OSR_SPLITS
+
+        n = len(OSR_SPLITS[DATASETS[self.dataset].protocol])
+        for s in self.splits:
+            check_range(f"data.splits (split {s})", s, 0, n - 1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "small_cnn"
+    width: int = 32                 # base channel width of small_cnn (resnet18/vgg32 are fixed)
+
+    def __post_init__(self):
+        from .models import MODELS
+
+        check_choice("model.name", self.name, MODELS)
+        check_range("model.width", self.width, 1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 15
+    batch_size: int = 64
+    optimizer: str = "sgd"          # sgd | adam
+    lr: float = 0.05
+    momentum: float = 0.9           # sgd only
+    nesterov: bool = False          # sgd only
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"        # cosine | constant (per step, after warm-up)
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    seeds: tuple[int, ...] = (0,)
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    progress: bool = True           # tqdm bar
+
+    def __post_init__(self):
+        check_range("train.epochs", self.epochs, 1)
+        check_range("train.batch_size", self.batch_size, 1)
+        check_choice("train.optimizer", self.optimizer, {"sgd", "adam"})
+        check_range("train.lr", self.lr, 0.0, low_open=True)
+        check_range("train.momentum", self.momentum, 0.0, 1.0)
+        check_range("train.weight_decay", self.weight_decay, 0.0)
+        check_choice("train.schedule", self.schedule, {"cosine", "constant"})
+        check_range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs - 1)
+        check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0)
+        if not self.seeds:
+            raise ConfigError("train.seeds: empty; give at least one seed")
+        if not (self.device in {"auto", "cpu", "cuda"} or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device: unknown value {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One training method: a mixer, how its output is used, and the mixer's own options."""
+
+    name: str
+    mixer: str
+    use: str = "replace"            # replace: train on the mixed batch; extra: clean + weighted mixed
+    options: Any = None             # the mixer's validated options dataclass
+
+    @classmethod
+    def from_dict(cls, name: str, values: Mapping[str, Any]) -> "MethodConfig":
+        from .mixing import MIXERS
+
+        where = f"methods.{name}"
+        if not isinstance(values, Mapping) or "mixer" not in values:
+            raise ConfigError(f"{where}: needs a 'mixer' key; valid mixers: {sorted(MIXERS)}")
+        values = dict(values)
+        mixer = values.pop("mixer")
+        check_choice(f"{where}.mixer", mixer, MIXERS)
+        use = values.pop("use", "replace")
+        check_choice(f"{where}.use", use, {"replace", "extra"})
+        if mixer == "none" and use != "replace":
+            raise ConfigError(f"{where}.use: mixer 'none' has no mixed batch; use 'replace'")
+        options = build(MIXERS[mixer].options, values, where)
+        return cls(name=name, mixer=mixer, use=use, options=options)
+
+    def to_dict(self) -> dict:
+        return {"mixer": self.mixer, "use": self.use, **dataclasses.asdict(self.options)}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    scores: tuple[str, ...] = ("msp", "mls")
+    primary_score: str = "mls"      # the score used for figures (ROC, distributions)
+
+    def __post_init__(self):
+        from .scores import SCORES
+
+        for s in self.scores:
+            check_choice("evaluate.scores", s, SCORES)
+        check_choice("evaluate.primary_score", self.primary_score, self.scores)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    methods: dict = field(default_factory=dict)          # name -> MethodConfig
+    pipeline_methods: tuple[str, ...] = ()               # the methods the pipeline runs, in order
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    smoke: dict = field(default_factory=dict)            # overrides applied by apply_smoke()
+
+    def method(self, name: str) -> MethodConfig:
+        if name not in self.methods:
+            raise ConfigError(f"unknown method {name!r}; valid methods: {sorted(self.methods)}")
+        return self.methods[name]
+
+    def to_dict(self) -> dict:
+        return {
+            "data": dataclasses.asdict(self.data),
+            "model": dataclasses.asdict(self.model),
+            "train": dataclasses.asdict(self.train),
+            "methods": {k: m.to_dict() for k, m in self.methods.items()},
+            "pipeline": {"methods": list(self.pipeline_methods)},
+            "evaluate": dataclasses.asdict(self.evaluate),
+            "smoke": dict(self.smoke),
+        }
+
+
+SECTIONS = ("data", "model", "train", "methods", "pipeline", "evaluate", "smoke")
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    """Validate a params mapping (as in ``params.yaml``) into a :class:`Config`."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"params: expected a mapping at top level, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"params: unknown section(s) {unknown}; valid sections: {list(SECTIONS)}")
+    methods_raw = raw.get("methods") or {}
+    if not isinstance(methods_raw, Mapping):
+        raise ConfigError("methods: expected a mapping name -> method options")
+    methods = {name: MethodConfig.from_dict(name, v) for name, v in methods_raw.items()}
+    pipeline = raw.get("pipeline") or {}
+    if not isinstance(pipeline, Mapping) or set(pipeline) - {"methods"}:
+        raise ConfigError("pipeline: expected a mapping with the single key 'methods'")
+    run = tuple(pipeline.get("methods", list(methods)))
+    for m in run:
+        check_choice("pipeline.methods", m, methods)
+    smoke = raw.get("smoke") or {}
+    if not isinstance(smoke, Mapping):
+        raise ConfigError("smoke: expected a mapping section -> overrides")
+    cfg = Config(
+        data=build(DataConfig, raw.get("data"), "data"),
+        model=build(ModelConfig, raw.get("model"), "model"),
+        train=build(TrainConfig, raw.get("train"), "train"),
+        methods=methods,
+        pipeline_methods=run,
+        evaluate=build(EvalConfig, raw.get("evaluate"), "evaluate"),
+        smoke=dict(smoke),
+    )
+    apply_smoke(cfg)  # validate the smoke overrides now, not when a notebook first needs them
+    return cfg
+
+
+def load(path: str | Path = "params.yaml", *, smoke: bool = False) -> Config:
+    """Load and validate ``params.yaml``; with ``smoke=True`` apply its ``smoke`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path.resolve()}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"params file {path} is not valid YAML: {e}") from None
+    cfg = from_dict(raw or {})
+    return apply_smoke(cfg) if smoke else cfg
+
+
+def apply_smoke(cfg: Config) -> Config:
+    """Return ``cfg`` with the ``smoke`` section's overrides (e.g. ``train: {epochs: 1}``) applied."""
+    return replace(cfg, _where="smoke", **cfg.smoke)
+
+
+def replace(cfg: Config, _where: str = "override", **sections: Mapping[str, Any]) -> Config:
+    """Return ``cfg`` with some fields of some sections overridden, re-validated.
+
+    Example: ``replace(cfg, train={"epochs": 2}, data={"splits": [0]})``.
+    """
+    out = cfg
+    for section, overrides in sections.items():
+        check_choice(f"{_where} section", section, {"data", "model", "train", "evaluate"})
+        current = getattr(cfg, section)
+        merged = {**dataclasses.asdict(current), **(overrides or {})}
+        out = dataclasses.replace(out, **{section: build(type(current), merged, f"{_where}.{section}")})
+    return out

@@ -1,0 +1,47 @@
+"""Mixing methods behind one API.
+
+Every mixer is ``mix(x, y, *, num_classes, generator, options, model=None) -> Mixed`` (see
+:class:`~gradmix.mixing.boxes.Mixed`): pure, batched, device-agnostic, never in place. Only the
+attribution-guided methods use ``model``. :data:`MIXERS` maps a ``params.yaml`` mixer name to its
+options dataclass and function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+from .boxes import Mixed
+from .cutmix import CutMixOptions, cutmix
+from .gradmix import GradMixOptions, gradmix
+from .mixup import MixupOptions, mixup
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """ERM: no mixing, no options."""
+
+
+@dataclass(frozen=True)
+class MixerSpec:
+    options: type
+    fn: Callable | None
+    needs_model: bool = False
+
+
+MIXERS: dict[str, MixerSpec] = {
+    "none": MixerSpec(NoOptions, None),
+    "mixup": MixerSpec(MixupOptions, mixup),
+    "cutmix": MixerSpec(CutMixOptions, cutmix),
+    "gradmix": MixerSpec(GradMixOptions, gradmix, needs_model=True),
+}
+
+
+def make_mixer(mixer: str, options) -> Callable | None:
+    """The mixer function with its options bound, or None for ``none``."""
+    spec = MIXERS[mixer]
+    return None if spec.fn is None else partial(spec.fn, options=options)
+
+
+__all__ = ["MIXERS", "Mixed", "make_mixer", "mixup", "cutmix", "gradmix",
+           "MixupOptions", "CutMixOptions", "GradMixOptions", "NoOptions"]

@@ -1,0 +1,132 @@
+"""Shared pieces of the mixing methods: Beta sampling, boxes, pairing, soft targets, pasting.
+
+All functions are batched and follow their inputs' device; randomness comes only from the
+``torch.Generator`` passed in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Mixed:
+    """Output of every mixer.
+
+    x: (N, C, H, W) mixed images (a new tensor; the input is never modified).
+    target: (N, K) soft labels, rows sum to 1.
+    lam: (N,) fraction of each image that is still its own (1 - mixed area; Mixup's λ).
+    weight: (N,) loss weight of each mixed sample.
+    mask: (N, 1, H, W) bool, True where pixels were replaced; None for blending methods (Mixup).
+    """
+
+    x: torch.Tensor
+    target: torch.Tensor
+    lam: torch.Tensor
+    weight: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
+def unmixed(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> Mixed:
+    """The identity mix: a copy of x, one-hot targets, λ = 1, weight 1, an empty mask."""
+    ones = torch.ones(len(x), device=x.device)
+    mask = torch.zeros((len(x), 1, *x.shape[2:]), dtype=torch.bool, device=x.device)
+    return Mixed(x.clone(), F.one_hot(y, num_classes).float(), ones, ones, mask)
+
+
+def coin(prob: float, generator: torch.Generator) -> bool:
+    """True with probability ``prob`` (one draw from ``generator``)."""
+    if prob >= 1.0:
+        return True
+    return bool(torch.rand(1, generator=generator, device=generator.device).item() < prob)
+
+
+def sample_beta(a: float, b: float, n: int, generator: torch.Generator, device=None) -> torch.Tensor:
+    """``n`` draws from Beta(a, b) as a float32 tensor on ``device``, seeded from ``generator``.
+
+    torch's Beta sampler takes no generator, so one integer drawn from ``generator`` seeds NumPy's.
+    """
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    draws = np.random.default_rng(seed).beta(a, b, size=n)
+    return torch.as_tensor(draws, dtype=torch.float32, device=device or generator.device)
+
+
+def pairing(n: int, generator: torch.Generator, device) -> torch.Tensor:
+    """A random partner index per sample (a permutation, as in the official CutMix/Mixup code)."""
+    return torch.randperm(n, generator=generator, device=generator.device).to(device)
+
+
+def cut_sizes(lam: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box side lengths for an area of (1 - lam)·H·W: ``int(H·sqrt(1 - lam))`` (CutMix ``rand_bbox``)."""
+    cut = torch.sqrt(1.0 - lam)
+    return (h * cut).long(), (w * cut).long()
+
+
+def uniform_centres(n: int, h: int, w: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box centres uniform over the whole image: rows in [0, H), columns in [0, W)."""
+    cy = torch.randint(0, h, (n,), generator=generator, device=generator.device).to(device)
+    cx = torch.randint(0, w, (n,), generator=generator, device=generator.device).to(device)
+    return cy, cx
+
+
+def box_bounds(cy, cx, cut_h, cut_w, h: int, w: int):
+    """Clipped box [y1, y2) x [x1, x2) centred at (cy, cx), as in CutMix's ``rand_bbox``; each (N,)."""
+    y1 = (cy - cut_h // 2).clamp(0, h)
+    y2 = (cy + cut_h // 2).clamp(0, h)
+    x1 = (cx - cut_w // 2).clamp(0, w)
+    x2 = (cx + cut_w // 2).clamp(0, w)
+    return y1, y2, x1, x2
+
+
+def box_mask(bounds, h: int, w: int) -> torch.Tensor:
+    """Boolean mask (N, 1, H, W), True inside each sample's box."""
+    y1, y2, x1, x2 = bounds
+    rows = torch.arange(h, device=y1.device)
+    cols = torch.arange(w, device=y1.device)
+    in_rows = (rows >= y1[:, None]) & (rows < y2[:, None])
+    in_cols = (cols >= x1[:, None]) & (cols < x2[:, None])
+    return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+
+
+def mask_area(mask: torch.Tensor) -> torch.Tensor:
+    """Exact fraction of pixels inside each mask (N, 1, H, W) -> (N,)."""
+    return mask.flatten(1).float().mean(1)
+
+
+def soft_targets(y: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """lam·onehot(y) + (1 - lam)·onehot(y[partner]): (N, K) rows summing to 1, at most two non-zeros."""
+    one = F.one_hot(y, num_classes).float()
+    return lam[:, None] * one + (1.0 - lam[:, None]) * one[partner]
+
+
+def resized_into_boxes(source: torch.Tensor, bounds, h: int, w: int) -> torch.Tensor:
+    """Each whole ``source`` image (N, C, H, W) bilinearly resized into its box (ResizeMix style).
+
+    Returns (N, C, H, W); only pixels inside the boxes are meaningful.
+    """
+    y1, y2, x1, x2 = (b.to(source.dtype) for b in bounds)
+    rows = torch.arange(h, device=source.device, dtype=source.dtype) + 0.5
+    cols = torch.arange(w, device=source.device, dtype=source.dtype) + 0.5
+    # position inside the box in [0, 1] -> grid_sample coordinates in [-1, 1] over the whole source
+    gy = (rows[None] - y1[:, None]) / (y2 - y1).clamp_min(1)[:, None] * 2 - 1      # (N, H)
+    gx = (cols[None] - x1[:, None]) / (x2 - x1).clamp_min(1)[:, None] * 2 - 1      # (N, W)
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+    return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def mask_bounds(mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Bounding box (y1, y2, x1, x2), each (N,), of each mask (N, 1, H, W); (0, 0, 0, 0) if empty."""
+    rows, cols = mask[:, 0].any(2), mask[:, 0].any(1)
+
+    def span(a):
+        idx = torch.arange(a.shape[1], device=a.device)
+        first = torch.where(a, idx, a.shape[1]).amin(1)
+        last = torch.where(a, idx + 1, 0).amax(1)
+        return torch.where(a.any(1), first, 0), last
+
+    y1, y2 = span(rows)
+    x1, x2 = span(cols)
+    return y1, y2, x1, x2

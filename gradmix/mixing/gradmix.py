@@ -1,0 +1,118 @@
+"""GradMix (Xu, Kao, Keuper, arXiv 2505.12803), cross-entropy form.
+
+Follows the authors' code (gawainxu/GradMix ``datautil.py``: ``layer_salient_maps``,
+``salient_cutmix``, ``rand_bbox``; see shared/research/methods.md §1.4-1.7), with the choices the
+sources leave open made explicit:
+
+1. Attribution (:mod:`gradmix.attribution`): LayerCAM or Grad-CAM of a per-sample score (the
+   ground-truth logit | the predicted logit | the CE loss) on the chosen stages, computed in a
+   separate pass with BatchNorm statistics frozen and no parameter gradients. Each stage map is
+   min-max normalised (over the whole batch, as the authors, or per image), upsampled bilinearly and
+   summed over stages.
+2. Box: λ = lam_low + lam_span·Beta(α, β) (authors: 0.5 + 0.4·Beta(1, 1), one per batch); side
+   int(S·sqrt(1 - λ)); centred on each image's attribution peak, or on a uniform random point
+   (``centre: random``, the ablation that shows what attribution buys; it skips the attribution pass).
+3. Fill: uniform noise U[0, 1) broadcast over channels (the authors' current code) | the whole
+   partner image resized into the box (their commented-out line) | the co-located partner patch.
+4. Label: the original label with noise; with a partner fill, the soft label of the exact clipped
+   box area. ``lam`` is 1 - the exact clipped box area (the authors use the unclipped area).
+5. Weight: λ' = 1 - box area (``weight: unmasked``, the authors' extra-view weight) or 1.
+   Whether the mixed batch is an extra view or replaces the clean one is the method's ``use``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..attribution import (BN_MODES, METHODS, NORMALIZE, OBJECTIVES, attribute, class_objective, combine,
+                           normalize_map, peak, stage_maps)
+from ..config import ConfigError, check_choice, check_range
+from .boxes import (Mixed, box_bounds, box_mask, coin, cut_sizes, mask_area, mask_bounds, pairing,
+                    resized_into_boxes, sample_beta, soft_targets, uniform_centres, unmixed)
+
+FILLS = ("noise", "partner", "colocated")
+
+
+@dataclass(frozen=True)
+class GradMixOptions:
+    attribution: str = "layercam"               # layercam | gradcam
+    stages: tuple[str, ...] = ("stage2", "stage3")
+    objective: str = "gt_logit"                 # gt_logit | pred_logit | ce
+    normalize: str = "batch"                    # batch (authors) | image
+    bn: str = "batch"                           # batch statistics, running stats untouched | eval
+    centre: str = "peak"                        # peak | random
+    fill: str = "noise"                         # noise | partner | colocated
+    alpha: float = 1.0
+    beta: float = 1.0
+    lam_low: float = 0.5
+    lam_span: float = 0.4
+    per_sample: bool = False                    # one λ per image instead of per batch
+    weight: str = "unmasked"                    # unmasked (λ') | one
+    prob: float = 1.0                           # authors: every batch
+
+    def __post_init__(self):
+        check_choice("gradmix.attribution", self.attribution, METHODS)
+        check_choice("gradmix.objective", self.objective, OBJECTIVES)
+        check_choice("gradmix.normalize", self.normalize, NORMALIZE)
+        check_choice("gradmix.bn", self.bn, BN_MODES)
+        check_choice("gradmix.centre", self.centre, {"peak", "random"})
+        check_choice("gradmix.fill", self.fill, FILLS)
+        check_choice("gradmix.weight", self.weight, {"unmasked", "one"})
+        check_range("gradmix.alpha", self.alpha, 0.0, low_open=True)
+        check_range("gradmix.beta", self.beta, 0.0, low_open=True)
+        check_range("gradmix.lam_low", self.lam_low, 0.0, 1.0)
+        check_range("gradmix.lam_span", self.lam_span, 0.0, 1.0 - self.lam_low)
+        check_range("gradmix.prob", self.prob, 0.0, 1.0)
+        if not self.stages:
+            raise ConfigError("gradmix.stages: empty; name at least one model stage")
+
+
+def gradmix(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+            options: GradMixOptions, model=None, maps: torch.Tensor | None = None) -> Mixed:
+    """Mask (or mix) a box around each image's attribution peak; x (N, C, H, W), y (N,).
+
+    ``maps`` (N, H, W) may be given to skip the attribution pass (e.g. for display).
+    """
+    o = options
+    if not coin(o.prob, generator):
+        return unmixed(x, y, num_classes)
+    n, c, h, w = x.shape
+    lam0 = o.lam_low + o.lam_span * sample_beta(o.alpha, o.beta, n if o.per_sample else 1, generator, x.device)
+    cut_h, cut_w = cut_sizes(lam0.expand(n), h, w)
+    if o.centre == "peak":
+        if maps is None:
+            if model is None:
+                raise ValueError("gradmix with centre 'peak' needs the model for its attribution pass")
+            maps = attribute(model, x, class_objective(o.objective, y), o.stages, o.attribution,
+                             o.normalize, o.bn)
+        cy, cx = peak(maps)
+    else:
+        cy, cx = uniform_centres(n, h, w, generator, x.device)
+    bounds = box_bounds(cy, cx, cut_h, cut_w, h, w)
+    mask = box_mask(bounds, h, w)
+    lam = 1.0 - mask_area(mask)
+    perm = pairing(n, generator, x.device)
+    if o.fill == "noise":
+        fill = torch.rand((n, 1, h, w), generator=generator, device=generator.device).to(x)
+        fill = fill.expand(n, c, h, w)
+        target = F.one_hot(y, num_classes).float()
+    else:
+        fill = x[perm] if o.fill == "colocated" else resized_into_boxes(x[perm], bounds, h, w)
+        target = soft_targets(y, perm, lam, num_classes)
+    weight = lam.clone() if o.weight == "unmasked" else torch.ones(n, device=x.device)
+    return Mixed(torch.where(mask, fill, x), target, lam, weight, mask)
+
+
+def explain(model, x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+            options: GradMixOptions) -> dict:
+    """What GradMix does to a batch, for display: per-stage maps (normalised, (N, h, w)), the summed
+    map (N, H, W), the :class:`Mixed` result and its box bounds (y1, y2, x1, x2)."""
+    o = options
+    maps = stage_maps(model, x, class_objective(o.objective, y), o.stages, o.attribution, o.bn)
+    combined = combine(maps, tuple(x.shape[-2:]), o.normalize)
+    mixed = gradmix(x, y, num_classes=num_classes, generator=generator, options=o, model=model,
+                    maps=combined)
+    return {"stage_maps": {s: normalize_map(m, o.normalize) for s, m in maps.items()},
+            "combined": combined, "mixed": mixed, "bounds": mask_bounds(mixed.mask)}
