@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -201,7 +202,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Class
         model = build_model(build(ModelConfig, ckpt["model"], "checkpoint.model"), ckpt["in_channels"],
                             ckpt["num_classes"])
         model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError, EOFError, ValueError, OSError) as e:
+    except (RuntimeError, KeyError, EOFError, ValueError, OSError, pickle.UnpicklingError) as e:
         raise ValueError(f"corrupt or incompatible checkpoint {path}: {type(e).__name__}: {e}") from None
     return model.to(device).eval()
 

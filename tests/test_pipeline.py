@@ -1,0 +1,106 @@
+"""End to end: the DVC + papermill pipeline on a tiny profile, in a temporary copy of the repository."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def sh(cmd, cwd, env=None):
+    r = subprocess.run(cmd, cwd=cwd, env=env, shell=True, capture_output=True, text=True)
+    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+def tracked_files():
+    if (ROOT / ".git").exists():
+        out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+        return [f for f in out if (ROOT / f).is_file()]
+    skip = {".venv", "runs", "results", ".git", "__pycache__"}
+    return [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file() and not skip & set(p.parts)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_are_committed_clean(path):
+    """No outputs or execution counts, a tagged parameters cell, stable unique cell ids."""
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+    ids = [c.id for c in nb.cells]
+    assert len(set(ids)) == len(ids) and all(ids)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Run `dvc repro` once on a tiny profile in a temporary copy; return the copy."""
+    copy = tmp_path_factory.mktemp("repo")
+    for f in tracked_files():
+        if f.startswith(("runs/", "results/")) or f == "dvc.lock":
+            continue
+        (copy / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, copy / f)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["data"].update(splits=[0, 1], max_train=96, image_size=12)
+    params["train"].update(epochs=1, progress=False)
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    sh("git init -q && git add -A && git commit -qm init", copy, env)
+    sh("dvc repro", copy, env)
+    return copy, params, env
+
+
+def test_pipeline_writes_metrics_figures_tables_for_every_method(pipeline):
+    copy, params, _ = pipeline
+    methods = params["pipeline"]["methods"]
+    metrics = json.loads((copy / "results/metrics.json").read_text())
+    assert list(metrics) == ["digits"]
+    assert list(metrics["digits"]) == methods
+    for m in methods:
+        row = metrics["digits"][m]
+        for key in ("accuracy", "auroc_msp", "auroc_mls", "oscr_msp", "oscr_mls"):
+            assert set(row[key]) == {"mean", "std", "n"} and row[key]["n"] == 2
+            assert 0 <= row[key]["mean"] <= 1
+    for fig in ("data", "metrics", "roc", "scores", "gallery"):
+        assert (copy / f"results/figures/{fig}.png").stat().st_size > 1000
+    for ext in ("md", "tex"):
+        table = (copy / f"results/tables/digits_main.{ext}").read_text()
+        assert all(m.replace("_", r"\_" if ext == "tex" else "_") in table for m in methods)
+    executed = {p.name for p in (copy / "results/notebooks").glob("*.ipynb")}
+    assert {"data.ipynb", "evaluate.ipynb", "figures.ipynb", "tables.ipynb"} <= executed
+    assert {f"train_{m}.ipynb" for m in methods} <= executed
+
+
+def test_second_repro_does_nothing(pipeline):
+    copy, _, env = pipeline
+    out = sh("dvc repro", copy, env)
+    assert "Running stage" not in out
+    assert "up to date" in sh("dvc status", copy, env)
+
+
+def test_fresh_clone_sees_no_changed_dependency(pipeline, tmp_path):
+    """Commit the lock file and clone: no stage sees a changed source dependency (notebook, module) or
+    param; only outputs, which live in the DVC cache and not in git, are absent."""
+    copy, _, env = pipeline
+    sh("git add -A && git commit -qm results", copy, env)
+    sh(f"git clone -q {copy} {tmp_path / 'clone'}", tmp_path, env)
+    status = json.loads(sh("dvc status --json", tmp_path / "clone", env) or "{}")
+    assert status, "the clone has no cached outputs, so dvc status must report them"
+    for stage, changes in status.items():
+        for change in changes:
+            assert isinstance(change, dict) and set(change) <= {"changed outs", "changed deps"}, (stage, change)
+            assert set(change.get("changed outs", {}).values()) <= {"deleted", "not in cache"}, (stage, change)
+            # a dependency may only differ where it is another stage's (uncached) output
+            assert all(p.startswith(("runs", "results/")) for p in change.get("changed deps", {})), (stage, change)
