@@ -196,6 +196,31 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class BenchConfig:
+    """bench/bench.py: step time of each method on one model, batch and machine (random inputs)."""
+
+    model: str = "small_cnn"
+    width: int = 32
+    image_size: int = 32
+    channels: int = 3
+    num_classes: int = 6
+    batch_size: int = 128
+    warmup: int = 3
+    repeats: int = 15
+    methods: tuple[str, ...] = ()   # empty = every method of `methods`
+    device: str = "auto"
+
+    def __post_init__(self):
+        from .models import MODELS
+
+        check_choice("bench.model", self.model, MODELS)
+        for key in ("width", "image_size", "channels", "batch_size", "repeats"):
+            check_range(f"bench.{key}", getattr(self, key), 1)
+        check_range("bench.num_classes", self.num_classes, 2)
+        check_range("bench.warmup", self.warmup, 0)
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -204,6 +229,7 @@ class Config:
     pipeline_methods: tuple[str, ...] = ()               # the methods the pipeline runs, in order
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     smoke: dict = field(default_factory=dict)            # overrides applied by apply_smoke()
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def method(self, name: str) -> MethodConfig:
         if name not in self.methods:
@@ -219,10 +245,11 @@ class Config:
             "pipeline": {"methods": list(self.pipeline_methods)},
             "evaluate": dataclasses.asdict(self.evaluate),
             "smoke": dict(self.smoke),
+            "bench": dataclasses.asdict(self.bench),
         }
 
 
-SECTIONS = ("data", "model", "train", "methods", "pipeline", "evaluate", "smoke")
+SECTIONS = ("data", "model", "train", "methods", "pipeline", "evaluate", "smoke", "bench")
 
 
 def from_dict(raw: Mapping[str, Any]) -> Config:
@@ -253,7 +280,10 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         pipeline_methods=run,
         evaluate=build(EvalConfig, raw.get("evaluate"), "evaluate"),
         smoke=dict(smoke),
+        bench=build(BenchConfig, raw.get("bench"), "bench"),
     )
+    for m in cfg.bench.methods:
+        check_choice("bench.methods", m, methods)
     apply_smoke(cfg)  # validate the smoke overrides now, not when a notebook first needs them
     return cfg
 
