@@ -31,6 +31,7 @@ from .report import results_table
 from .train import load_model, predict, resolve_device
 
 CIFAR10_FAMILY = ("cifar10", "cifar_plus_10", "cifar_plus_50")
+EVAL_BATCH = 4096   # images per forward pass when scoring (memory only; results do not depend on it)
 
 
 def _groups(run_dirs) -> list[tuple[object, int, list]]:
@@ -67,12 +68,12 @@ def evaluate_ood(run_dirs, ood: OODConfig, device: str = "auto") -> pd.DataFrame
         data = _test_set(cfg, split)
         pixels = data.denormalize(data.x_known).clamp(0, 1)
         models = {d: load_model(d, device) for d, _ in runs}
-        logits_id = {d: predict(m, data.x_known.to(device)).cpu().numpy() for d, m in models.items()}
+        logits_id = {d: predict(m, data.x_known.to(device), EVAL_BATCH).cpu().numpy() for d, m in models.items()}
         logits_ood = {d: {} for d in models}
         for name in sets:
             x = _norm(ood_set(name, cfg.data, ood, pixels), data).to(device)
             for d, m in models.items():
-                logits_ood[d][name] = predict(m, x).cpu().numpy()
+                logits_ood[d][name] = predict(m, x, EVAL_BATCH).cpu().numpy()
         for d, info in runs:
             rows.append({**_row(cfg, info), **ood_metrics(logits_id[d], logits_ood[d], ood.near, ood.far,
                                                           ood.scores)})
@@ -130,7 +131,7 @@ def evaluate_corruption(run_dirs, cc: CorruptionConfig, device: str = "auto") ->
         for keys, pixels, labels in _corrupted_sets(cfg, split, data, cc):
             x = _norm(pixels, data).to(device)
             for d, m in models.items():
-                hit = (predict(m, x).argmax(1).cpu() == labels.cpu()).float().view(len(keys), -1)
+                hit = (predict(m, x, EVAL_BATCH).argmax(1).cpu() == labels.cpu()).float().view(len(keys), -1)
                 acc[d].update({k: float(h.mean()) for k, h in zip(keys, hit)})
         for d, info in runs:
             a = acc[d]
