@@ -215,7 +215,8 @@ def corruption_figure(df: pd.DataFrame, cc: CorruptionConfig, order=None):
     axes[1].set_yticks(range(len(order)), order, fontsize=7)
     for i in range(heat.shape[0]):
         for j in range(heat.shape[1]):
-            axes[1].text(j, i, f"{100 * heat.values[i, j]:.0f}", ha="center", va="center", fontsize=6, color="w")
+            v = heat.values[i, j]
+            axes[1].text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7, color="k" if v > 0.6 else "w")
     fig.colorbar(im, ax=axes[1], fraction=0.03)
     axes[1].set_title("accuracy, mean over severities")
     fig.tight_layout()
