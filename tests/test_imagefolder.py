@@ -16,14 +16,15 @@ CLASSES = ["cat", "dog", "fox", "owl", "yak"]
 
 
 def build_tree(root: Path, n_train=10, n_test=6, grey=False) -> Path:
-    """train/<class>/*.png and test/<class>/*.png: 20x14 images, a bright bar whose position codes the class."""
+    """train/<class>/*.png and test/<class>/*.png: 20x14 noise images with a bright vertical bar whose
+    column codes the class (inside the central 14x14 crop that a computed resolution of 14 keeps)."""
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("test", n_test)):
         for k, c in enumerate(CLASSES):
             (root / split / c).mkdir(parents=True)
             for i in range(n):
                 img = rng.integers(0, 60, (14, 20, 3), dtype=np.uint8)
-                img[:, 4 * k:4 * k + 3] = 230
+                img[:, 3 + 3 * k:5 + 3 * k] = 230
                 im = Image.fromarray(img[..., 0] if grey else img)
                 im.save(root / split / c / f"{c}_{i}.png")
     return root
