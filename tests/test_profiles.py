@@ -91,7 +91,7 @@ def test_cosine_restarts_schedule_follows_vaze():
     assert lrs[10] == pytest.approx(1.0) and lrs[20] == pytest.approx(1.0)   # restarts every 10 epochs
 
 
-def test_data_dvc_tracks_the_data_folder_coherently():
+def test_data_dvc_tracks_the_data_folder_coherently(tmp_path, monkeypatch, capsys):
     dvc = yaml.safe_load((ROOT / "data.dvc").read_text())
     out = dvc["outs"][0]
     assert out["path"] == "data" and out["md5"].endswith(".dir")
@@ -101,8 +101,14 @@ def test_data_dvc_tracks_the_data_folder_coherently():
     for name, stage in dvcyaml["stages"].items():        # no stage may depend on or write into data/
         items = [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", []) + stage.get("outs", [])]
         assert not any(p == "data" or p.startswith("data/") for p in items), name
-    if out["nfiles"] == 1:   # as committed: data/ holds only the README that `python -m gradmix.download` writes
-        from gradmix.download import DATA_README
+    # offline, the fetch command for the embedded default downloads nothing and writes data/README.md
+    from gradmix.download import main
 
-        entry = [{"md5": hashlib.md5(DATA_README.encode()).hexdigest(), "relpath": "README.md"}]
+    monkeypatch.chdir(tmp_path)
+    assert main(["--params", str(ROOT / "params.yaml"), "--profile", "default"]) == 0
+    assert "0 file(s)" in capsys.readouterr().out
+    files = sorted(p for p in (tmp_path / "data").rglob("*") if p.is_file())
+    assert [p.name for p in files] == ["README.md"]
+    if out["nfiles"] == 1:   # as committed, data.dvc records exactly that folder (DVC's .dir hash)
+        entry = [{"md5": hashlib.md5(files[0].read_bytes()).hexdigest(), "relpath": "README.md"}]
         assert out["md5"] == hashlib.md5(json.dumps(entry, sort_keys=True).encode()).hexdigest() + ".dir"
