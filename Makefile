@@ -1,12 +1,16 @@
 # make repro: set up the environment if needed, then run the whole DVC pipeline (dvc repro).
 # make test:  set up the environment if needed, then run pytest and nbval over every notebook.
+# make data:  download, verify and prepare the datasets of PROFILE (default: paper = every paper_*
+#             profile of params_paper.yaml) into data/, then record them in data.dvc (dvc add data).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 
-.PHONY: env repro test bench clean
+.PHONY: env repro test bench clean data
+
+PROFILE ?= paper
 
 env: $(STAMP)
 
@@ -22,6 +26,10 @@ repro: $(STAMP)
 test: $(STAMP)
 	python -m pytest tests
 	python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
+
+data: $(STAMP)
+	python -m gradmix.download --profile $(PROFILE)
+	dvc add data
 
 bench: $(STAMP)
 	python bench/bench.py

@@ -82,7 +82,7 @@ class DataConfig:
 
     dataset: str = "digits"
     root: str = "data"
-    image_size: int = 32
+    image_size: int = 32            # 0 = the dataset's native size (ImageFolder: median shorter side)
     test_fraction: float = 0.3      # stratified hold-out for datasets without an official test set
     split_seed: int = 0             # seed of that stratified split and of the test-set balancing
     splits: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -90,22 +90,57 @@ class DataConfig:
     crop_padding: int = 2           # random-crop augmentation: pad by this many pixels, crop back
     hflip: bool = False             # random horizontal flip (off for digits)
     max_train: int = 0              # cap on training images, 0 = all (used by smoke runs)
+    known: str = "protocol"         # protocol | all | list | random: how known classes are chosen
+    known_classes: tuple[Any, ...] = ()   # known=list: class names (or integer ids)
+    num_known: int = 0              # known=random: how many known classes per split
+    known_seed: int = 0             # known=random: split k draws with seed (known_seed, k)
+    folder: str = ""                # dataset=imagefolder: root of train/<class>/*, test/<class>/*
+    mean: tuple[float, ...] = ()    # per-channel normalisation mean; () = computed from the training images
+    std: tuple[float, ...] = ()     # per-channel normalisation std; () = computed
+    mirror: str = ""                # base URL that replaces the official hosts: <mirror>/<file name>
 
     def __post_init__(self):
         from .data import DATASETS  # late import: data depends on config
 
         check_choice("data.dataset", self.dataset, DATASETS)
-        check_range("data.image_size", self.image_size, 4)
+        if self.image_size != 0:
+            check_range("data.image_size", self.image_size, 4)
         check_range("data.test_fraction", self.test_fraction, 0.0, 1.0, low_open=True)
         check_range("data.crop_padding", self.crop_padding, 0)
         check_range("data.max_train", self.max_train, 0)
+        check_choice("data.known", self.known, {"protocol", "all", "list", "random"})
         if not self.splits:
             raise ConfigError("data.splits: empty; give at least one split index")
+        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
+            raise ConfigError(f"data.mean/std: {list(self.mean)} / {list(self.std)}: give both with one "
+                              f"value per channel and std > 0, or both empty (computed)")
+        if self.dataset == "imagefolder" and not self.folder:
+            raise ConfigError("data.folder: empty; dataset 'imagefolder' needs the folder holding "
+                              "train/<class>/* and test/<class>/*")
         from .splits import OSR_SPLITS
 
-        n = len(OSR_SPLITS[DATASETS[self.dataset].protocol])
-        for s in self.splits:
-            check_range(f"data.splits (split {s})", s, 0, n - 1)
+        protocol = DATASETS[self.dataset].protocol
+        if self.known == "protocol":
+            if protocol is None:
+                raise ConfigError(f"data.known: {self.dataset!r} has no standard splits; valid here: "
+                                  f"all, list, random")
+            n = len(OSR_SPLITS[protocol])
+            for s in self.splits:
+                check_range(f"data.splits (split {s})", s, 0, n - 1)
+        elif self.known in ("all", "list"):
+            if list(self.splits) != [0]:
+                raise ConfigError(f"data.splits: {list(self.splits)}; with data.known={self.known} there "
+                                  f"is one split; valid: [0]")
+        else:
+            check_range("data.num_known", self.num_known, 1)
+            for s in self.splits:
+                check_range(f"data.splits (split {s})", s, 0)
+        if self.known == "list":
+            if not self.known_classes:
+                raise ConfigError("data.known_classes: empty; with data.known=list give class names or ids")
+            for c in self.known_classes:
+                if isinstance(c, bool) or not isinstance(c, (int, str)):
+                    raise ConfigError(f"data.known_classes: {c!r} is neither a class name nor an id")
 
 
 @dataclass(frozen=True)
@@ -129,8 +164,10 @@ class TrainConfig:
     momentum: float = 0.9           # sgd only
     nesterov: bool = False          # sgd only
     weight_decay: float = 5e-4
-    schedule: str = "cosine"        # cosine | constant (per step, after warm-up)
+    schedule: str = "cosine"        # cosine | constant (per step, after warm-up) | cosine_restarts
     warmup_epochs: int = 0
+    restarts: int = 0               # cosine_restarts: restarts, period = epochs // (restarts + 1) (Vaze et al.)
+    min_lr_factor: float = 0.0      # cosine_restarts: the lr floor as a fraction of lr (Vaze et al.: 1e-3)
     label_smoothing: float = 0.0
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"            # auto | cpu | cuda | cuda:N
@@ -143,7 +180,9 @@ class TrainConfig:
         check_range("train.lr", self.lr, 0.0, low_open=True)
         check_range("train.momentum", self.momentum, 0.0, 1.0)
         check_range("train.weight_decay", self.weight_decay, 0.0)
-        check_choice("train.schedule", self.schedule, {"cosine", "constant"})
+        check_choice("train.schedule", self.schedule, {"cosine", "constant", "cosine_restarts"})
+        check_range("train.restarts", self.restarts, 0, self.epochs - 1)
+        check_range("train.min_lr_factor", self.min_lr_factor, 0.0, 1.0)
         check_range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs - 1)
         check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0)
         if not self.seeds:
@@ -221,6 +260,66 @@ class BenchConfig:
 
 
 @dataclass(frozen=True)
+class OODConfig:
+    """Out-of-distribution evaluation (gradmix.ood): the known-class test set against each OOD set."""
+
+    near: tuple[str, ...] = ("rotated",)
+    far: tuple[str, ...] = ("photo_patches", "uniform_noise")
+    scores: tuple[str, ...] = ("msp", "mls")
+    num_generated: int = 500        # images of each generated set (photo_patches, uniform_noise)
+    max_images: int = 0             # cap per set (seeded subsample), 0 = all
+    places365_subset: int = 10000   # the fixed Places365 subset: this many val_256 images, drawn with `seed`
+    seed: int = 0
+
+    def __post_init__(self):
+        from .ood import OOD_SETS
+        from .scores import SCORES
+
+        for s in self.near + self.far:
+            check_choice("ood.near/far", s, OOD_SETS)
+        if set(self.near) & set(self.far):
+            raise ConfigError(f"ood: {sorted(set(self.near) & set(self.far))} listed as both near and far")
+        for s in self.scores:
+            check_choice("ood.scores", s, SCORES)
+        check_range("ood.num_generated", self.num_generated, 1)
+        check_range("ood.max_images", self.max_images, 0)
+        check_range("ood.places365_subset", self.places365_subset, 1)
+
+
+@dataclass(frozen=True)
+class CorruptionConfig:
+    """Corruption robustness (gradmix.corruption): accuracy on corrupted known-class test images."""
+
+    source: str = "on_the_fly"      # on_the_fly: corrupt the test images here | cifar10c: the official archive
+    corruptions: tuple[str, ...] = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur",
+                                    "motion_blur", "zoom_blur", "contrast", "pixelate")
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    max_images: int = 0             # cap on test images (seeded subsample), 0 = all
+    seed: int = 0
+
+    def __post_init__(self):
+        from .corruption import CIFAR10C_CORRUPTIONS, CORRUPTIONS
+
+        check_choice("corruption.source", self.source, {"on_the_fly", "cifar10c"})
+        valid = CORRUPTIONS if self.source == "on_the_fly" else CIFAR10C_CORRUPTIONS
+        for c in self.corruptions:
+            check_choice(f"corruption.corruptions ({self.source})", c, valid)
+        if self.corruptions and not self.severities:
+            raise ConfigError("corruption.severities: empty; valid: a subset of [1, 2, 3, 4, 5]")
+        for s in self.severities:
+            check_range("corruption.severities", s, 1, 5)
+        check_range("corruption.max_images", self.max_images, 0)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """A named set of overrides from ``file`` (e.g. the paper's settings) applied by :func:`load`."""
+
+    name: str = "default"           # default = params.yaml as written
+    file: str = "params_paper.yaml"  # relative to params.yaml
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -230,6 +329,9 @@ class Config:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     smoke: dict = field(default_factory=dict)            # overrides applied by apply_smoke()
     bench: BenchConfig = field(default_factory=BenchConfig)
+    ood: OODConfig = field(default_factory=OODConfig)
+    corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def method(self, name: str) -> MethodConfig:
         if name not in self.methods:
@@ -246,10 +348,14 @@ class Config:
             "evaluate": dataclasses.asdict(self.evaluate),
             "smoke": dict(self.smoke),
             "bench": dataclasses.asdict(self.bench),
+            "ood": dataclasses.asdict(self.ood),
+            "corruption": dataclasses.asdict(self.corruption),
+            "profile": dataclasses.asdict(self.profile),
         }
 
 
-SECTIONS = ("data", "model", "train", "methods", "pipeline", "evaluate", "smoke", "bench")
+SECTIONS = ("data", "model", "train", "methods", "pipeline", "evaluate", "smoke", "bench", "ood", "corruption",
+            "profile")
 
 
 def from_dict(raw: Mapping[str, Any]) -> Config:
@@ -281,6 +387,9 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         evaluate=build(EvalConfig, raw.get("evaluate"), "evaluate"),
         smoke=dict(smoke),
         bench=build(BenchConfig, raw.get("bench"), "bench"),
+        ood=build(OODConfig, raw.get("ood"), "ood"),
+        corruption=build(CorruptionConfig, raw.get("corruption"), "corruption"),
+        profile=build(ProfileConfig, raw.get("profile"), "profile"),
     )
     for m in cfg.bench.methods:
         check_choice("bench.methods", m, methods)
@@ -288,8 +397,11 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     return cfg
 
 
-def load(path: str | Path = "params.yaml", *, smoke: bool = False) -> Config:
-    """Load and validate ``params.yaml``; with ``smoke=True`` apply its ``smoke`` overrides."""
+def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str | None = None) -> Config:
+    """Load and validate ``params.yaml``; with ``smoke=True`` apply its ``smoke`` overrides.
+
+    ``profile`` selects a profile of ``profile.file`` instead of params.yaml's ``profile.name``.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path.resolve()}")
@@ -297,8 +409,64 @@ def load(path: str | Path = "params.yaml", *, smoke: bool = False) -> Config:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"params file {path} is not valid YAML: {e}") from None
-    cfg = from_dict(raw or {})
+    raw = dict(raw or {})
+    if profile is not None:
+        raw["profile"] = {**(raw.get("profile") or {}), "name": profile}
+    cfg = from_dict(apply_profile(raw, path.parent))
     return apply_smoke(cfg) if smoke else cfg
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
+    """Deep merge: mappings are merged key by key, everything else (lists, scalars) is replaced."""
+    out = dict(base)
+    for k, v in overrides.items():
+        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def profile_names(path: str | Path = "params.yaml") -> list[str]:
+    """The profiles defined in the profile file that ``path`` (a params.yaml) points to."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text()) or {}
+    prof = build(ProfileConfig, raw.get("profile"), "profile")
+    file = path.parent / prof.file
+    return list(yaml.safe_load(file.read_text()) or {}) if file.is_file() else ["default"]
+
+
+def apply_profile(raw: Mapping[str, Any], base_dir: str | Path = ".") -> dict:
+    """``raw`` with the overrides of its selected profile (``profile.name`` in ``profile.file``) merged in.
+
+    A profile is a mapping of sections (data, model, train, methods, evaluate, ood, corruption) whose
+    values replace those of params.yaml; ``default`` (empty) keeps params.yaml as written. It may not
+    set ``pipeline`` (DVC's stage list comes from params.yaml), ``smoke`` or ``profile``.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"params: expected a mapping at top level, got {type(raw).__name__}")
+    prof = build(ProfileConfig, raw.get("profile"), "profile")
+    path = Path(base_dir) / prof.file
+    if not path.is_file():
+        if prof.name == "default":
+            return dict(raw)
+        raise ConfigError(f"profile.file: {path} not found (profile.name={prof.name!r})")
+    try:
+        profiles = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"profile file {path} is not valid YAML: {e}") from None
+    if not isinstance(profiles, Mapping):
+        raise ConfigError(f"profile file {path}: expected a mapping name -> overrides")
+    if prof.name not in profiles:
+        if prof.name == "default":
+            return dict(raw)
+        raise ConfigError(f"profile.name: unknown profile {prof.name!r}; valid profiles in {path.name}: "
+                          f"{sorted(profiles)}")
+    over = profiles[prof.name] or {}
+    if not isinstance(over, Mapping):
+        raise ConfigError(f"profile {prof.name!r} in {path.name}: expected a mapping of sections")
+    bad = sorted(set(over) - (set(SECTIONS) - {"pipeline", "smoke", "profile"}))
+    if bad:
+        raise ConfigError(f"profile {prof.name!r}: cannot override {bad}; valid sections: "
+                          f"{sorted(set(SECTIONS) - {'pipeline', 'smoke', 'profile'})}")
+    return merge(raw, over)
 
 
 def apply_smoke(cfg: Config) -> Config:
@@ -313,7 +481,7 @@ def replace(cfg: Config, _where: str = "override", **sections: Mapping[str, Any]
     """
     out = cfg
     for section, overrides in sections.items():
-        check_choice(f"{_where} section", section, {"data", "model", "train", "evaluate"})
+        check_choice(f"{_where} section", section, {"data", "model", "train", "evaluate", "ood", "corruption"})
         current = getattr(cfg, section)
         merged = {**dataclasses.asdict(current), **(overrides or {})}
         out = dataclasses.replace(out, **{section: build(type(current), merged, f"{_where}.{section}")})

@@ -15,28 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import DataConfig
-from .splits import known_classes
-
-
-@dataclass(frozen=True)
-class RawDataset:
-    """Images as float arrays in [0, 1], shape (N, C, H, W), with integer labels (N,)."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    class_names: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    protocol: str                   # key of gradmix.splits.OSR_SPLITS
-    channels: int
-    num_classes: int
-    load: Callable[[DataConfig], RawDataset]
-    description: str
+from .config import ConfigError, DataConfig
+from .datasets import DATASETS_EXTRA, DatasetInfo, RawDataset  # noqa: F401  (re-exported)
+from .splits import OSR_SPLITS, known_classes
 
 
 def _load_digits(cfg: DataConfig) -> RawDataset:
@@ -55,7 +36,8 @@ def _load_digits(cfg: DataConfig) -> RawDataset:
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", 1, 10, _load_digits,
-                          "scikit-learn digits, 8x8 grey, 10 classes; MNIST's OSR splits"),
+                          "scikit-learn digits, 8x8 grey, 10 classes; MNIST's OSR splits", native_size=8),
+    **DATASETS_EXTRA,  # the downloaded OSR benchmarks and ImageFolder data (gradmix.datasets)
 }
 
 
@@ -90,18 +72,68 @@ class OpenSetData:
 
 
 def _resize(x: np.ndarray, size: int) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    """(N, C, H, W) uint8 (0..255) or float ([0, 1]) -> float32 in [0, 1] at size x size."""
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    t = t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
     if t.shape[-1] != size or t.shape[-2] != size:
         t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return t
 
 
+def open_set_classes(cfg: DataConfig, info: DatasetInfo, raw: RawDataset,
+                     split: int) -> tuple[list[int], list[int] | None]:
+    """(known class ids, unknown class ids or None = every other class) of ``split``, by ``data.known``.
+
+    protocol: the dataset's standard OSR split (for CIFAR+N the unknowns are the listed CIFAR-100
+    classes); all: every training class known, no unknowns (closed set); list: ``data.known_classes``
+    (names or ids); random: ``data.num_known`` classes drawn by ``numpy.random.default_rng([known_seed,
+    split])``, so each split index is its own fixed draw.
+    """
+    names = raw.class_names
+    if cfg.known == "protocol":
+        if info.protocol is None:
+            raise ConfigError(f"data.known: {cfg.dataset!r} has no standard splits; set data.known "
+                              f"to 'list' or 'random' (valid: all, list, random)")
+        known = known_classes(info.protocol, split)
+        unknown = ([c + info.unknown_offset for c in OSR_SPLITS[info.unknown_protocol][split]]
+                   if info.unknown_protocol else None)
+        return known, unknown
+    present = sorted(int(c) for c in np.unique(raw.y_train))
+    if cfg.known == "all":
+        return present, []
+    if cfg.known == "random":
+        if cfg.num_known >= len(present):
+            raise ConfigError(f"data.num_known: {cfg.num_known} leaves no unknown class; "
+                              f"valid: 1..{len(present) - 1}")
+        rng = np.random.default_rng([cfg.known_seed, split])
+        return sorted(int(c) for c in rng.choice(present, cfg.num_known, replace=False)), None
+    index = {n: i for i, n in enumerate(names)}
+    known = []
+    for c in cfg.known_classes:
+        if isinstance(c, str) and c in index:
+            known.append(index[c])
+        elif isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(names):
+            known.append(c)
+        else:
+            raise ConfigError(f"data.known_classes: unknown class {c!r}; valid names: {list(names)[:20]}"
+                              f"{' ...' if len(names) > 20 else ''} or ids 0..{len(names) - 1}")
+    if len(set(known)) != len(known) or len(known) >= len(names):
+        raise ConfigError(f"data.known_classes: {list(cfg.known_classes)} must be distinct and leave "
+                          f"at least one unknown class (of {len(names)})")
+    return known, None
+
+
 def load_openset(cfg: DataConfig, split: int, device: torch.device | str = "cpu") -> OpenSetData:
-    """Build split ``split`` of ``cfg.dataset``: known-class train set, known and unknown test sets."""
+    """Build split ``split`` of ``cfg.dataset``: known-class train set, known and unknown test sets.
+
+    Downloads (once, verified) what the dataset needs. Images are resized to ``data.image_size``
+    (0 = the dataset's native size) and normalised with ``data.mean``/``data.std``, or, when those
+    are empty, with the per-channel statistics of the known-class training images.
+    """
     info = DATASETS[cfg.dataset]
     raw = info.load(cfg)
-    known = known_classes(info.protocol, split)
-    lut = np.full(info.num_classes, -1, dtype=np.int64)
+    known, unknown = open_set_classes(cfg, info, raw, split)
+    lut = np.full(len(raw.class_names), -1, dtype=np.int64)
     lut[known] = np.arange(len(known))
     rng = np.random.default_rng(cfg.split_seed)
 
@@ -109,27 +141,35 @@ def load_openset(cfg: DataConfig, split: int, device: torch.device | str = "cpu"
     if cfg.max_train and len(train) > cfg.max_train:
         train = np.sort(rng.permutation(train)[: cfg.max_train])
     test_known = np.flatnonzero(lut[raw.y_test] >= 0)
-    test_unknown = np.flatnonzero(lut[raw.y_test] < 0)
-    if cfg.balance_test:  # Vaze et al. balance_open_set_eval: subsample the larger side
+    test_unknown = (np.flatnonzero(np.isin(raw.y_test, unknown)) if unknown is not None
+                    else np.flatnonzero(lut[raw.y_test] < 0))
+    if cfg.balance_test and len(test_unknown):  # Vaze et al. balance_open_set_eval: subsample the larger side
         n = min(len(test_known), len(test_unknown))
         test_known = np.sort(rng.permutation(test_known)[:n])
         test_unknown = np.sort(rng.permutation(test_unknown)[:n])
 
-    x_train = _resize(raw.x_train[train], cfg.image_size)
-    mean = x_train.mean(dim=(0, 2, 3))
-    std = x_train.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    size = cfg.image_size or raw.x_train.shape[-1]
+    x_train = _resize(raw.x_train[train], size)
+    if cfg.mean:
+        if len(cfg.mean) != x_train.shape[1]:
+            raise ConfigError(f"data.mean/std: {len(cfg.mean)} values for {x_train.shape[1]}-channel images; "
+                              f"give {x_train.shape[1]} or leave them empty to compute them")
+        mean, std = torch.tensor(cfg.mean), torch.tensor(cfg.std)
+    else:
+        mean = x_train.mean(dim=(0, 2, 3))
+        std = x_train.std(dim=(0, 2, 3)).clamp_min(1e-6)
 
     def norm(t: torch.Tensor) -> torch.Tensor:
         return ((t - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).to(device)
 
     def labels(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a).to(device)
+        return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
 
     return OpenSetData(
         x_train=norm(x_train), y_train=labels(lut[raw.y_train[train]]),
-        x_known=norm(_resize(raw.x_test[test_known], cfg.image_size)), y_known=labels(lut[raw.y_test[test_known]]),
-        x_unknown=norm(_resize(raw.x_test[test_unknown], cfg.image_size)), y_unknown=labels(raw.y_test[test_unknown]),
-        known=known, mean=tuple(mean.tolist()), std=tuple(std.tolist()),
+        x_known=norm(_resize(raw.x_test[test_known], size)), y_known=labels(lut[raw.y_test[test_known]]),
+        x_unknown=norm(_resize(raw.x_test[test_unknown], size)), y_unknown=labels(raw.y_test[test_unknown]),
+        known=list(known), mean=tuple(mean.tolist()), std=tuple(std.tolist()),
         class_names=tuple(raw.class_names[k] for k in known),
     )
 

@@ -75,8 +75,11 @@ def openset_metrics(logits_known: np.ndarray, labels_known: np.ndarray, logits_u
     out: dict[str, float] = {}
     for name in scores:
         s_k, pred = SCORES[name](logits_known)
-        s_u, _ = SCORES[name](logits_unknown)
         out["accuracy"] = accuracy(pred, labels_known)
+        if len(logits_unknown) == 0:           # closed set (data.known=all): no open-set metrics
+            out.update({f"{m}_{name}": float("nan") for m in ("auroc", "oscr", "fpr95")})
+            continue
+        s_u, _ = SCORES[name](logits_unknown)
         out[f"auroc_{name}"] = auroc(s_k, s_u)
         out[f"oscr_{name}"] = oscr(s_k, pred == labels_known, s_u)
         out[f"fpr95_{name}"] = fpr_at_tpr(s_k, s_u, 0.95)

@@ -53,9 +53,29 @@ def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimi
 
 
 def make_schedule(opt: torch.optim.Optimizer, t: TrainConfig, steps_per_epoch: int):
-    """Per-step linear warm-up, then cosine decay to 0 (or constant)."""
+    """Per-step linear warm-up, then cosine decay to 0 (or constant).
+
+    ``cosine_restarts`` follows Vaze et al.'s ``cosine_warm_restarts_warmup`` (utils/schedulers.py),
+    per step instead of per epoch: cosine cycles of ``epochs // (restarts + 1)`` epochs from ``lr`` to
+    ``lr·min_lr_factor``, counted from step 0; during the warm-up the lr rises linearly from the floor
+    to the cycle's value at the end of the warm-up.
+    """
     warm = t.warmup_epochs * steps_per_epoch
     total = t.epochs * steps_per_epoch
+
+    if t.schedule == "cosine_restarts":
+        period = max(1, (t.epochs // (t.restarts + 1)) * steps_per_epoch)
+        floor = t.min_lr_factor
+
+        def cycle(step: int) -> float:
+            return floor + (1 - floor) * 0.5 * (1.0 + math.cos(math.pi * (step % period) / period))
+
+        def restarts(step: int) -> float:
+            if step < warm:
+                return floor + (cycle(warm) - floor) * (step + 1) / warm
+            return cycle(step)
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, restarts)
 
     def factor(step: int) -> float:
         if step < warm:
@@ -100,7 +120,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> t
     """Logits (N, K) in eval mode."""
     was = model.training
     model.eval()
-    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, max(len(x), 1), batch_size)])  # (0, K) if empty
     model.train(was)
     return out
 
@@ -146,7 +166,8 @@ def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Pa
         lk, lu = predict(model, data.x_known), predict(model, data.x_unknown)
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "loss": total / count,
                "test_accuracy": accuracy(lk.argmax(1).cpu().numpy(), data.y_known.cpu().numpy()),
-               "test_auroc_mls": auroc(lk.max(1).values.cpu().numpy(), lu.max(1).values.cpu().numpy()),
+               "test_auroc_mls": (auroc(lk.max(1).values.cpu().numpy(), lu.max(1).values.cpu().numpy())
+                                  if len(lu) else float("nan")),     # known=all: no unknown test set
                "seconds": time.perf_counter() - start}
         log.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['test_accuracy']:.3f}")
