@@ -204,6 +204,7 @@ class Config:
     pipeline_methods: tuple[str, ...] = ()               # the methods the pipeline runs, in order
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     smoke: dict = field(default_factory=dict)            # overrides applied by apply_smoke()
+    contrastive: Any = None                              # gradmix.contrastive.ContrastiveConfig, or None
 
     def method(self, name: str) -> MethodConfig:
         if name not in self.methods:
@@ -219,10 +220,11 @@ class Config:
             "pipeline": {"methods": list(self.pipeline_methods)},
             "evaluate": dataclasses.asdict(self.evaluate),
             "smoke": dict(self.smoke),
+            **({"contrastive": self.contrastive.to_dict()} if self.contrastive is not None else {}),
         }
 
 
-SECTIONS = ("data", "model", "train", "methods", "pipeline", "evaluate", "smoke")
+SECTIONS = ("data", "model", "train", "methods", "pipeline", "evaluate", "smoke", "contrastive")
 
 
 def from_dict(raw: Mapping[str, Any]) -> Config:
@@ -253,9 +255,19 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         pipeline_methods=run,
         evaluate=build(EvalConfig, raw.get("evaluate"), "evaluate"),
         smoke=dict(smoke),
+        contrastive=_contrastive(raw.get("contrastive")),
     )
     apply_smoke(cfg)  # validate the smoke overrides now, not when a notebook first needs them
     return cfg
+
+
+def _contrastive(raw):
+    """The optional ``contrastive`` section (gradmix.contrastive.ContrastiveConfig), or None if absent."""
+    if raw is None:
+        return None
+    from .contrastive import ContrastiveConfig  # late import: contrastive depends on config
+
+    return ContrastiveConfig.from_dict(raw)
 
 
 def load(path: str | Path = "params.yaml", *, smoke: bool = False) -> Config:
@@ -283,8 +295,13 @@ def replace(cfg: Config, _where: str = "override", **sections: Mapping[str, Any]
     """
     out = cfg
     for section, overrides in sections.items():
-        check_choice(f"{_where} section", section, {"data", "model", "train", "evaluate"})
+        check_choice(f"{_where} section", section, {"data", "model", "train", "evaluate", "contrastive"})
         current = getattr(cfg, section)
+        if section == "contrastive":
+            if current is None:
+                raise ConfigError(f"{_where}.contrastive: params has no 'contrastive' section to override")
+            out = dataclasses.replace(out, contrastive=current.merged(overrides, f"{_where}.contrastive"))
+            continue
         merged = {**dataclasses.asdict(current), **(overrides or {})}
         out = dataclasses.replace(out, **{section: build(type(current), merged, f"{_where}.{section}")})
     return out
