@@ -70,7 +70,7 @@ TRACK = "contrastive"
 
 @dataclass(frozen=True)
 class ContrastiveTrainConfig:
-    epochs: int = 20
+    epochs: int = 15
     batch_size: int = 128
     lr: float = 1e-3                # Adam (authors: 1e-3)
     weight_decay: float = 0.0       # authors: parsed, not passed to Adam
@@ -413,14 +413,14 @@ def embed(net: ContrastiveNet, x: torch.Tensor, which: str = "backbone", batch_s
 def evaluate_net(net: ContrastiveNet, data: OpenSetData, cfg: ContrastiveConfig, seed: int = 0) -> dict:
     """kNN scores on the known and unknown test sets and the linear-probe accuracy, as numpy arrays."""
     k = cfg.knn
-    train_f = embed(net, data.x_train, k.features)
-    s_k, p_k, _ = knn_scores(embed(net, data.x_known, k.features), train_f, data.y_train, data.num_classes,
-                             k.k, k.normalize)
+    feats = {w: (embed(net, data.x_train, w), embed(net, data.x_known, w))
+             for w in dict.fromkeys((k.features, cfg.probe.features))}
+    train_f, known_f = feats[k.features]
+    s_k, p_k, _ = knn_scores(known_f, train_f, data.y_train, data.num_classes, k.k, k.normalize)
     s_u, _, _ = knn_scores(embed(net, data.x_unknown, k.features), train_f, data.y_train, data.num_classes,
                            k.k, k.normalize)
-    pf = cfg.probe.features
-    acc, _ = linear_probe(embed(net, data.x_train, pf), data.y_train, embed(net, data.x_known, pf),
-                          data.y_known, data.num_classes, cfg.probe, seed)
+    train_p, known_p = feats[cfg.probe.features]
+    acc, _ = linear_probe(train_p, data.y_train, known_p, data.y_known, data.num_classes, cfg.probe, seed)
     return {"score_knn_known": s_k.cpu().numpy(), "pred_knn_known": p_k.cpu().numpy(),
             "score_knn_unknown": s_u.cpu().numpy(), "metric_probe_accuracy": np.float64(acc)}
 
