@@ -22,7 +22,7 @@ OBJECTIVES = ("simclr", "supcon", "loss")       # what the GradMix attribution p
 
 @dataclass(frozen=True)
 class ContrastiveTrainConfig:
-    epochs: int = 15
+    epochs: int = 12
     batch_size: int = 128
     lr: float = 1e-3                # Adam (authors: 1e-3)
     weight_decay: float = 0.0       # authors: parsed, not passed to Adam
