@@ -155,7 +155,7 @@ def _cell(stats: dict, scale: float, bold: bool, tex: bool) -> str:
 
 
 def results_table(summary: dict, dataset: str, methods, metrics=("accuracy", "auroc_mls", "oscr_mls"),
-                  fmt: str = "md", lower_is_better=("fpr95_msp", "fpr95_mls")) -> str:
+                  fmt: str = "md", lower_is_better=("fpr95_msp", "fpr95_mls", "fpr95_knn")) -> str:
     """An OSR-paper table: rows = methods, columns = metrics, mean ± std in %, best mean in bold.
 
     A metric a method does not have (e.g. kNN AUROC of a cross-entropy run) shows as "–".

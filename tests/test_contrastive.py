@@ -344,3 +344,14 @@ def test_tracks_side_by_side_in_metrics_and_tables(tiny, tmp_path):
     assert lines[2].endswith("| – |") and "| – |" in lines[3]
     s_k, s_u, _ = report._scores(tmp_path / "supcon_none" / "split0-seed0", "knn")   # figures read kNN scores
     assert np.array_equal(s_k, np.load(tmp_path / "supcon_none" / "split0-seed0" / "scores.npz")["score_knn_known"])
+
+
+def test_table_bolds_the_lowest_knn_fpr_and_dashes_missing_metrics():
+    cell = lambda v: {"mean": v, "std": 0.0, "n": 5}  # noqa: E731
+    summary = {"digits": {"erm": {"accuracy": cell(0.9), "auroc_mls": cell(0.8)},
+                          "a": {"accuracy": cell(0.95), "auroc_knn": cell(0.7), "fpr95_knn": cell(0.4)},
+                          "b": {"accuracy": cell(0.5), "auroc_knn": cell(0.9), "fpr95_knn": cell(0.2)}}}
+    rows = report.results_table(summary, "digits", ["erm", "a", "b"], ("accuracy", "auroc_knn", "fpr95_knn")).splitlines()
+    assert rows[2] == "| erm | 90.0 ± 0.0 | – | – |"
+    assert rows[3] == "| a | **95.0 ± 0.0** | 70.0 ± 0.0 | 40.0 ± 0.0 |"
+    assert rows[4] == "| b | 50.0 ± 0.0 | **90.0 ± 0.0** | **20.0 ± 0.0** |"
