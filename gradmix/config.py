@@ -332,6 +332,7 @@ class Config:
     ood: OODConfig = field(default_factory=OODConfig)
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    contrastive: Any = None                              # gradmix.contrastive.ContrastiveConfig, or None
 
     def method(self, name: str) -> MethodConfig:
         if name not in self.methods:
@@ -351,11 +352,12 @@ class Config:
             "ood": dataclasses.asdict(self.ood),
             "corruption": dataclasses.asdict(self.corruption),
             "profile": dataclasses.asdict(self.profile),
+            **({"contrastive": self.contrastive.to_dict()} if self.contrastive is not None else {}),
         }
 
 
 SECTIONS = ("data", "model", "train", "methods", "pipeline", "evaluate", "smoke", "bench", "ood", "corruption",
-            "profile")
+            "profile", "contrastive")
 
 
 def from_dict(raw: Mapping[str, Any]) -> Config:
@@ -390,11 +392,21 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         ood=build(OODConfig, raw.get("ood"), "ood"),
         corruption=build(CorruptionConfig, raw.get("corruption"), "corruption"),
         profile=build(ProfileConfig, raw.get("profile"), "profile"),
+        contrastive=_contrastive(raw.get("contrastive")),
     )
     for m in cfg.bench.methods:
         check_choice("bench.methods", m, methods)
     apply_smoke(cfg)  # validate the smoke overrides now, not when a notebook first needs them
     return cfg
+
+
+def _contrastive(raw):
+    """The optional ``contrastive`` section (gradmix.contrastive.ContrastiveConfig), or None if absent."""
+    if raw is None:
+        return None
+    from .contrastive import ContrastiveConfig  # late import: contrastive depends on config
+
+    return ContrastiveConfig.from_dict(raw)
 
 
 def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str | None = None) -> Config:
@@ -481,8 +493,14 @@ def replace(cfg: Config, _where: str = "override", **sections: Mapping[str, Any]
     """
     out = cfg
     for section, overrides in sections.items():
-        check_choice(f"{_where} section", section, {"data", "model", "train", "evaluate", "ood", "corruption"})
+        check_choice(f"{_where} section", section,
+                     {"data", "model", "train", "evaluate", "ood", "corruption", "contrastive"})
         current = getattr(cfg, section)
+        if section == "contrastive":
+            if current is None:
+                raise ConfigError(f"{_where}.contrastive: params has no 'contrastive' section to override")
+            out = dataclasses.replace(out, contrastive=current.merged(overrides, f"{_where}.contrastive"))
+            continue
         merged = {**dataclasses.asdict(current), **(overrides or {})}
         out = dataclasses.replace(out, **{section: build(type(current), merged, f"{_where}.{section}")})
     return out

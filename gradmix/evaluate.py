@@ -1,4 +1,10 @@
-"""Run directories -> open-set metrics, per run and aggregated over splits and seeds."""
+"""Run directories -> open-set metrics, per run and aggregated over splits and seeds.
+
+A run's ``scores.npz`` holds classifier logits (``logits_known``, ``logits_unknown``; scored by
+``evaluate.scores``) and/or precomputed known-ness scores ``score_<name>_known``,
+``score_<name>_unknown`` with predictions ``pred_<name>_known`` (e.g. the contrastive track's kNN),
+plus optional scalar metrics ``metric_<name>`` (e.g. ``metric_probe_accuracy``).
+"""
 from __future__ import annotations
 
 import json
@@ -8,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, from_dict
-from .metrics import openset_metrics
+from .metrics import accuracy, auroc, fpr_at_tpr, openset_metrics, oscr
 from .train import RUN_FILES
 
 
@@ -49,12 +55,43 @@ def find_runs(root: str | Path, methods=None) -> list[Path]:
     return dirs
 
 
+ID_COLUMNS = ("dataset", "method", "split", "seed", "track")
+
+
+def precomputed_scores(z) -> list[str]:
+    """Names of the precomputed scores of a run's arrays (keys ``score_<name>_known``)."""
+    return [k[len("score_"):-len("_known")] for k in z if k.startswith("score_") and k.endswith("_known")]
+
+
+def run_scores(z, score: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(known-test scores, known-test predictions, unknown-test scores) of ``score`` for a run's arrays:
+    precomputed if the run stores it, else computed from its logits (gradmix.scores)."""
+    from .scores import SCORES
+
+    if f"score_{score}_known" in z:
+        return z[f"score_{score}_known"], z[f"pred_{score}_known"], z[f"score_{score}_unknown"]
+    if "logits_known" not in z or score not in SCORES:
+        raise KeyError(f"run has no score {score!r}; it has {precomputed_scores(z) or list(SCORES)}")
+    s_k, pred = SCORES[score](z["logits_known"])
+    return s_k, pred, SCORES[score](z["logits_unknown"])[0]
+
+
 def evaluate_run(run_dir: str | Path, scores=("msp", "mls")) -> dict:
-    """One row: dataset, method, split, seed and the metrics of :func:`gradmix.metrics.openset_metrics`."""
+    """One row: dataset, method, split, seed, track and the metrics of :func:`gradmix.metrics.openset_metrics`
+    (for logits), the same four per precomputed score (e.g. ``auroc_knn``), and the stored scalar metrics."""
     cfg, z = read_run(run_dir)
     info = cfg["run"]
     row = {k: info[k] for k in ("dataset", "method", "split", "seed")}
-    row.update(openset_metrics(z["logits_known"], z["labels_known"], z["logits_unknown"], scores))
+    row["track"] = info.get("track", "ce")
+    if "logits_known" in z:
+        row.update(openset_metrics(z["logits_known"], z["labels_known"], z["logits_unknown"], scores))
+    for name in precomputed_scores(z):
+        s_k, pred, s_u = run_scores(z, name)
+        row.setdefault("accuracy", accuracy(pred, z["labels_known"]))
+        row[f"auroc_{name}"] = auroc(s_k, s_u)
+        row[f"oscr_{name}"] = oscr(s_k, pred == z["labels_known"], s_u)
+        row[f"fpr95_{name}"] = fpr_at_tpr(s_k, s_u, 0.95)
+    row.update({k[len("metric_"):]: float(z[k]) for k in z if k.startswith("metric_")})
     return row
 
 
@@ -67,13 +104,17 @@ def evaluate_runs(root: str | Path, methods=None, scores=("msp", "mls")) -> pd.D
 
 
 def aggregate(df: pd.DataFrame) -> dict:
-    """dataset -> method -> metric -> {mean, std, n}; std is the sample std (ddof=1) over splits × seeds, 0 if n=1."""
+    """dataset -> method -> metric -> {mean, std, n}; std is the sample std (ddof=1) over splits × seeds, 0 if n=1.
+
+    A metric a method's runs do not have (e.g. ``auroc_knn`` of a cross-entropy run) is left out.
+    """
     out: dict = {}
-    metrics = [c for c in df.columns if c not in ("dataset", "method", "split", "seed")]
+    metrics = [c for c in df.columns if c not in ID_COLUMNS]
     for (dataset, method), g in df.groupby(["dataset", "method"], sort=False):
+        cols = {m: g[m].dropna() for m in metrics}
         out.setdefault(dataset, {})[method] = {
-            m: {"mean": float(g[m].mean()), "std": float(g[m].std(ddof=1)) if len(g) > 1 else 0.0,
-                "n": int(len(g))} for m in metrics}
+            m: {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                "n": int(len(v))} for m, v in cols.items() if len(v)}
     return out
 
 

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .evaluate import find_runs, read_run
+from .evaluate import find_runs, read_run, run_scores
 from .metrics import roc
-from .scores import SCORES
 
 LABELS = {"accuracy": "Accuracy", "auroc_msp": "AUROC (MSP)", "auroc_mls": "AUROC (MLS)",
           "oscr_msp": "OSCR (MSP)", "oscr_mls": "OSCR (MLS)", "fpr95_msp": "FPR@95%TPR (MSP)",
-          "fpr95_mls": "FPR@95%TPR (MLS)"}
+          "fpr95_mls": "FPR@95%TPR (MLS)", "auroc_knn": "AUROC (kNN)", "oscr_knn": "OSCR (kNN)",
+          "fpr95_knn": "FPR@95%TPR (kNN)", "probe_accuracy": "Linear probe acc."}
 
 
 def label(metric: str) -> str:
@@ -52,8 +52,7 @@ def _panels(n: int, w: float, h: float, ncols: int = 4, **kw):
 
 def _scores(run_dir: Path, score: str):
     _, z = read_run(run_dir)
-    s_k, pred = SCORES[score](z["logits_known"])
-    s_u, _ = SCORES[score](z["logits_unknown"])
+    s_k, pred, s_u = run_scores(z, score)
     return s_k, s_u, pred == z["labels_known"]
 
 
@@ -157,18 +156,21 @@ def _cell(stats: dict, scale: float, bold: bool, tex: bool) -> str:
 
 
 def results_table(summary: dict, dataset: str, methods, metrics=("accuracy", "auroc_mls", "oscr_mls"),
-                  fmt: str = "md", lower_is_better=("fpr95_msp", "fpr95_mls")) -> str:
-    """An OSR-paper table: rows = methods, columns = metrics, mean ± std in %, best mean in bold."""
+                  fmt: str = "md", lower_is_better=("fpr95_msp", "fpr95_mls", "fpr95_knn")) -> str:
+    """An OSR-paper table: rows = methods, columns = metrics, mean ± std in %, best mean in bold.
+
+    A metric a method does not have (e.g. kNN AUROC of a cross-entropy run) shows as "–".
+    """
     tex = fmt == "tex"
     rows = summary[dataset]
     best = {}
     for m in metrics:
-        vals = [rows[k][m]["mean"] for k in methods]
-        best[m] = (min if m in lower_is_better else max)(vals)
+        vals = [rows[k][m]["mean"] for k in methods if m in rows[k]]
+        best[m] = (min if m in lower_is_better else max)(vals) if vals else None
     header = ["Method"] + [label(m) for m in metrics]
-    body = [[k] + [_cell(rows[k][m], 100, rows[k][m]["mean"] == best[m], tex) for m in metrics]
-            for k in methods]
-    n = rows[methods[0]][metrics[0]]["n"]
+    body = [[k] + [_cell(rows[k][m], 100, rows[k][m]["mean"] == best[m], tex) if m in rows[k] else "–"
+                   for m in metrics] for k in methods]
+    n = max(rows[k][m]["n"] for k in methods for m in metrics if m in rows[k])
     if tex:
         lines = [r"\begin{tabular}{l" + "c" * len(metrics) + "}", r"\toprule",
                  " & ".join(header) + r" \\", r"\midrule"]
@@ -207,15 +209,24 @@ def gallery_from_run(run_dir, n: int = 6, options=None, seed: int = 0, device="c
 
     cfg, info = run_config(run_dir)
     model = load_model(run_dir, device)
+    contrastive = info.get("track") == "contrastive"  # maps of its contrastive loss (gradmix.contrastive)
     if options is None:
-        own = cfg.method(info["method"]).options
+        own = (cfg.contrastive if contrastive else cfg).method(info["method"]).options
         options = own if isinstance(own, GradMixOptions) else GradMixOptions(stages=model.stages[-2:])
     data = load_openset(cfg.data, info["split"], device)
     idx = torch.linspace(0, len(data.x_known) - 1, n).long()
     x, y = data.x_known[idx], data.y_known[idx]
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = explain(model, x, y, num_classes=data.num_classes, generator=gen,
-                  options=dataclasses.replace(options, prob=1.0))
+    if contrastive:
+        from .contrastive import explain as explain_contrastive, explain_method, load_net
+
+        method = dataclasses.replace(explain_method(cfg.contrastive, info["method"], options.stages),
+                                     options=dataclasses.replace(options, prob=1.0))
+        out = explain_contrastive(load_net(run_dir, device), x, y, method=method, cfg=cfg.contrastive,
+                                  num_classes=data.num_classes, generator=gen)
+    else:
+        out = explain(model, x, y, num_classes=data.num_classes, generator=gen,
+                      options=dataclasses.replace(options, prob=1.0))
 
     def pixels(t):
         t = data.denormalize(t).clamp(0, 1).cpu()

@@ -53,6 +53,9 @@ def pipeline(tmp_path_factory):
     params = yaml.safe_load((copy / "params.yaml").read_text())
     params["data"].update(splits=[0, 1], max_train=96, image_size=12)
     params["train"].update(epochs=1, progress=False)
+    params["contrastive"]["train"].update(epochs=1)
+    params["ood"].update(num_generated=32)
+    params["corruption"].update(severities=[1, 5], max_images=32)
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -67,7 +70,11 @@ def test_pipeline_writes_metrics_figures_tables_for_every_method(pipeline):
     methods = params["pipeline"]["methods"]
     metrics = json.loads((copy / "results/metrics.json").read_text())
     assert list(metrics) == ["digits"]
-    assert list(metrics["digits"]) == methods
+    contrastive = params["contrastive"]["pipeline"]
+    assert list(metrics["digits"]) == methods + contrastive
+    for m in contrastive:
+        for key in ("accuracy", "auroc_knn", "oscr_knn", "probe_accuracy"):
+            assert 0 <= metrics["digits"][m][key]["mean"] <= 1 and metrics["digits"][m][key]["n"] == 2
     for m in methods:
         row = metrics["digits"][m]
         for key in ("accuracy", "auroc_msp", "auroc_mls", "oscr_msp", "oscr_mls"):
@@ -77,7 +84,10 @@ def test_pipeline_writes_metrics_figures_tables_for_every_method(pipeline):
         assert (copy / f"results/figures/{fig}.png").stat().st_size > 1000
     for ext in ("md", "tex"):
         table = (copy / f"results/tables/digits_main.{ext}").read_text()
-        assert all(m.replace("_", r"\_" if ext == "tex" else "_") in table for m in methods)
+        assert all(m.replace("_", r"\_" if ext == "tex" else "_") in table for m in methods + contrastive)
+    for name in ("ood", "corruption"):
+        robust = json.loads((copy / f"results/{name}.json").read_text())
+        assert set(methods) <= set(robust["digits"]), name
     executed = {p.name for p in (copy / "results/notebooks").glob("*.ipynb")}
     assert {"data.ipynb", "evaluate.ipynb", "figures.ipynb", "tables.ipynb"} <= executed
     assert {f"train_{m}.ipynb" for m in methods} <= executed

@@ -1,0 +1,41 @@
+"""SupCon and SimCLR's NT-Xent, with the GradMix authors' extra positives."""
+from __future__ import annotations
+
+import torch
+
+
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor | None = None, *, views: int = 2,
+                positives: torch.Tensor | None = None, temperature: float = 0.05,
+                base_temperature: float = 0.07, reduction: str = "mean") -> torch.Tensor:
+    """SupCon (Khosla et al. 2020, L_out; SupContrast ``SupConLoss``, contrast_mode "all").
+
+    z: (V·B, d) L2-normalised features, view-major ([view 1 of all B images; view 2; ...]).
+    labels: (B,), or None for SimCLR's NT-Xent (each image is its own class).
+    positives: (V·B, d) features used in the numerator instead of z (the authors' ``features_positive``).
+    For anchor i with positives P(i) = {p ≠ i : same label} and q = positives or z:
+
+        ℓ_i = -(τ/τ_base) · 1/|P(i)| · Σ_{p∈P(i)} [ z_i·q_p/τ - log Σ_{a≠i} exp(z_i·z_a/τ) ]
+
+    Returns the mean over the V·B anchors, or ℓ (V·B,) with ``reduction="none"``.
+    """
+    n = len(z)
+    if n % views:
+        raise ValueError(f"supcon_loss: {n} features are not {views} views of equal batches")
+    b = n // views
+    ids = labels if labels is not None else torch.arange(b, device=z.device)
+    if len(ids) != b:
+        raise ValueError(f"supcon_loss: {len(ids)} labels for {b} images")
+    ids = ids.repeat(views)
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    pos = (ids[:, None] == ids[None, :]) & ~eye
+    logits = z @ z.T / temperature
+    log_denom = torch.logsumexp(logits.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
+    num = logits if positives is None else z @ positives.T / temperature
+    log_prob = torch.where(pos, num - log_denom, torch.zeros((), device=z.device))
+    loss = -(temperature / base_temperature) * log_prob.sum(1) / pos.sum(1)
+    return loss.mean() if reduction == "mean" else loss
+
+
+def ntxent(z: torch.Tensor, **kw) -> torch.Tensor:
+    """SimCLR's NT-Xent: :func:`supcon_loss` without labels (the other views of an image are its positives)."""
+    return supcon_loss(z, None, **kw)

@@ -1,0 +1,202 @@
+"""Contrastive training runs: config -> run directory, in the cross-entropy track's layout.
+
+A run directory holds ``config.json`` (the ``run`` block has ``track: contrastive``), ``model.pt``
+(the encoder as :func:`gradmix.train.load_model` reads it, plus the projection head), ``log.csv``
+(one row per epoch: loss terms, mean λ', seconds; the last row also the kNN and probe accuracy) and
+``scores.npz`` with precomputed kNN scores (``score_knn_known``, ``pred_knn_known``,
+``score_knn_unknown``) and ``metric_probe_accuracy`` instead of logits; :mod:`gradmix.evaluate`
+reads both kinds. Written to ``<dir>.tmp`` and renamed when complete.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import Config, ConfigError
+from ..data import DATASETS, OpenSetData, batches, load_openset
+from ..knn import knn_scores
+from ..models import Classifier, build_model
+from ..probe import linear_probe
+from ..train import load_model, resolve_device, run_name
+from .config import ContrastiveConfig, ContrastiveMethod, ContrastiveTrainConfig
+from .views import ContrastiveNet, extra_view, loss_from_views, view
+
+TRACK = "contrastive"
+
+
+@torch.no_grad()
+def embed(net: ContrastiveNet, x: torch.Tensor, which: str = "backbone", batch_size: int = 512) -> torch.Tensor:
+    """Encoder features (N, D) or normalised projections (N, feat_dim) in eval mode."""
+    was = net.training
+    net.eval()
+    f = net.features if which == "backbone" else net
+    out = torch.cat([f(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    net.train(was)
+    return out
+
+
+def evaluate_net(net: ContrastiveNet, data: OpenSetData, cfg: ContrastiveConfig, seed: int = 0) -> dict:
+    """kNN scores on the known and unknown test sets and the linear-probe accuracy, as numpy arrays."""
+    k = cfg.knn
+    feats = {w: (embed(net, data.x_train, w), embed(net, data.x_known, w))
+             for w in dict.fromkeys((k.features, cfg.probe.features))}
+    train_f, known_f = feats[k.features]
+    s_k, p_k, _ = knn_scores(known_f, train_f, data.y_train, data.num_classes, k.k, k.normalize)
+    s_u, _, _ = knn_scores(embed(net, data.x_unknown, k.features), train_f, data.y_train, data.num_classes,
+                           k.k, k.normalize)
+    train_p, known_p = feats[cfg.probe.features]
+    acc, _ = linear_probe(train_p, data.y_train, known_p, data.y_known, data.num_classes, cfg.probe, seed)
+    return {"score_knn_known": s_k.cpu().numpy(), "pred_knn_known": p_k.cpu().numpy(),
+            "score_knn_unknown": s_u.cpu().numpy(), "metric_probe_accuracy": np.float64(acc)}
+
+
+def check_method(method: ContrastiveMethod, model: Classifier) -> None:
+    """Fail before training if the method names stages the model does not have."""
+    for stage in getattr(method.options, "stages", ()):
+        if stage not in model.stages:
+            raise ConfigError(f"contrastive.methods.{method.name}.options.stages: {stage!r} is not a stage of "
+                              f"{type(model).__name__}; valid stages: {list(model.stages)}")
+
+
+def build_net(cfg: Config, in_channels: int, num_classes: int) -> ContrastiveNet:
+    t = cfg.contrastive.train
+    return ContrastiveNet(build_model(cfg.model, in_channels, num_classes), t.feat_dim, t.head)
+
+
+def _schedule(opt, t: ContrastiveTrainConfig, total_steps: int):
+    floor = t.lr_decay_rate ** 3
+
+    def factor(step: int) -> float:
+        if t.schedule == "constant":
+            return 1.0
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / max(1, total_steps)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Path,
+              data: OpenSetData | None = None) -> Path:
+    """Train contrastive ``method`` on ``split`` with ``seed``; write the run directory ``out_dir``.
+
+    The directory has the cross-entropy track's files (gradmix.train.RUN_FILES); ``scores.npz`` holds
+    precomputed kNN scores (``score_knn_*``, ``pred_knn_known``) and ``metric_probe_accuracy``
+    instead of logits, which :mod:`gradmix.evaluate` reads.
+    """
+    c = _contrastive(cfg)
+    m, t = c.method(method), c.train
+    device = resolve_device(cfg.train.device)
+    data = data if data is not None else load_openset(cfg.data, split, device)
+    torch.manual_seed(seed)
+    net = build_net(cfg, data.x_train.shape[1], data.num_classes).to(device)
+    check_method(m, net.encoder)
+    params = [p for n, p in net.named_parameters() if not n.startswith("encoder.fc.")]
+    opt = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    n = len(data.x_train)
+    steps = max(1, n // t.batch_size) if n > t.batch_size else 1
+    sched = _schedule(opt, t, t.epochs * steps)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    log, start = [], time.perf_counter()
+    bar = tqdm(range(t.epochs), desc=f"{method} {run_name(split, seed)}", disable=not cfg.train.progress,
+               mininterval=1.0)
+    for epoch in bar:
+        net.train()
+        sums: dict = {}
+        count = 0
+        for idx in batches(n, t.batch_size, gen):
+            x, y = data.x_train[idx], data.y_train[idx]
+            v1, v2 = view(x, gen, c.views), view(x, gen, c.views)
+            xe, w = extra_view(net, m, x, v1, v2, y, num_classes=data.num_classes, generator=gen, cfg=c)
+            loss, parts = loss_from_views(net, m, v1, v2, y, t, xe, w)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            for key, v in {"loss": loss.item(), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + v * len(idx)
+            count += len(idx)
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / count for k, v in sums.items()},
+               "seconds": time.perf_counter() - start}
+        log.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}")
+    scores = evaluate_net(net, data, c, seed)
+    log[-1].update(knn_accuracy=float(np.mean(scores["pred_knn_known"] == data.y_known.cpu().numpy())),
+                   probe_accuracy=float(scores["metric_probe_accuracy"]))
+    _write_run(tmp, cfg, m, split, seed, device, net, data, log, scores)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def _write_run(d: Path, cfg: Config, m: ContrastiveMethod, split, seed, device, net, data, log, scores):
+    info = {"method": m.name, "track": TRACK, "split": split, "seed": seed, "dataset": cfg.data.dataset,
+            "known_classes": data.known, "device": str(device), "torch": torch.__version__}
+    (d / "config.json").write_text(json.dumps({"run": info, **cfg.to_dict()}, indent=2))
+    t = cfg.contrastive.train
+    torch.save({"state_dict": net.encoder.state_dict(), "model": cfg.to_dict()["model"],
+                "in_channels": data.x_train.shape[1], "num_classes": data.num_classes, "known": data.known,
+                "mean": data.mean, "std": data.std, "head": net.head.state_dict(), "feat_dim": t.feat_dim,
+                "head_kind": t.head}, d / "model.pt")
+    keys = list(dict.fromkeys(k for row in log for k in row))
+    with open(d / "log.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(log)
+    np.savez(d / "scores.npz", labels_known=data.y_known.cpu().numpy(),
+             labels_unknown=data.y_unknown.cpu().numpy(), known=np.asarray(data.known), **scores)
+
+
+def _contrastive(cfg: Config):
+    if getattr(cfg, "contrastive", None) is None:
+        raise ConfigError("params has no 'contrastive' section; the contrastive track needs one")
+    return cfg.contrastive
+
+
+def train_method(cfg: Config, method: str, out_root: str | Path) -> list[Path]:
+    """Train contrastive ``method`` on every split and train.seeds; runs go to ``out_root/<method>/<split>-<seed>``."""
+    _contrastive(cfg).method(method)
+    device = resolve_device(cfg.train.device)
+    out = []
+    for split in cfg.data.splits:
+        data = load_openset(cfg.data, split, device)
+        for seed in cfg.train.seeds:
+            out.append(train_run(cfg, method, split, seed, Path(out_root) / method / run_name(split, seed), data))
+    return out
+
+
+def train_methods(cfg: Config, methods, out_root: str | Path) -> Path:
+    """Train each contrastive method on every split and seed into ``out_root``; every name and stage is
+    validated before the first run starts."""
+    c = _contrastive(cfg) if methods else None
+    probe = build_model(cfg.model, DATASETS[cfg.data.dataset].channels, 2)
+    for name in methods:
+        check_method(c.method(name), probe)
+    for name in methods:
+        train_method(cfg, name, out_root)
+    return Path(out_root)
+
+
+def load_net(run_dir: str | Path, device: str | torch.device = "cpu") -> ContrastiveNet:
+    """The trained encoder + projection head of a contrastive run directory."""
+    encoder = load_model(run_dir, device)
+    path = Path(run_dir) / "model.pt"
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    if "head" not in ckpt:
+        raise ValueError(f"{path} has no projection head: not a contrastive run")
+    net = ContrastiveNet(encoder, ckpt["feat_dim"], ckpt["head_kind"])
+    net.head.load_state_dict(ckpt["head"])
+    return net.to(device).eval()

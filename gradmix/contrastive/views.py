@@ -1,0 +1,168 @@
+"""The contrastive model (encoder + projection head), random views, and one training step's loss.
+
+One step (shared/research/methods.md §1.9, the authors' ``main_supcon_old.py`` order): two views
+v1, v2 of the batch; the extra view x̃ of v1 (:func:`extra_view`, whose GradMix maps come from a
+separate attribution pass that touches no parameter gradient and no BatchNorm statistic); then
+:func:`loss_from_views`, one forward of [v1; v2; x̃] and the loss the optimiser steps on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attribution import attribute, combine, normalize_map, stage_maps
+from ..data import augment
+from ..mixing import MIXERS
+from ..mixing.boxes import mask_bounds
+from ..mixing.gradmix import GradMixOptions, gradmix
+from ..models import Classifier
+from .config import ContrastiveConfig, ContrastiveMethod, ContrastiveTrainConfig, ViewConfig
+from .losses import ntxent, supcon_loss
+
+
+class ContrastiveNet(nn.Module):
+    """Encoder (a :class:`~gradmix.models.Classifier`, whose ``fc`` is unused) + projection head.
+
+    ``features(x)``: encoder features (N, D); ``forward(x)``: L2-normalised projections (N, feat_dim).
+    """
+
+    def __init__(self, encoder: Classifier, feat_dim: int = 128, head: str = "mlp"):
+        super().__init__()
+        d = encoder.feat_dim
+        self.encoder = encoder
+        self.head = (nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, feat_dim))
+                     if head == "mlp" else nn.Linear(d, feat_dim))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.features(x)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(h), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.features(x))
+
+
+def _uniform(n: int, half_width: float, generator: torch.Generator, device) -> torch.Tensor:
+    return ((torch.rand(n, generator=generator, device=generator.device) * 2 - 1) * half_width).to(device)
+
+
+def view(x: torch.Tensor, generator: torch.Generator, cfg: ViewConfig) -> torch.Tensor:
+    """One random view of a batch x (N, C, H, W) on its device; see :class:`ViewConfig`."""
+    x = augment(x, generator, cfg.crop_padding, cfg.hflip)
+    n = len(x)
+    if cfg.rotation or cfg.scale:
+        angle = _uniform(n, math.radians(cfg.rotation), generator, x.device)
+        zoom = 1.0 + _uniform(n, cfg.scale, generator, x.device)
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        zero = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if cfg.contrast or cfg.brightness:
+        c = 1.0 + _uniform(n, cfg.contrast, generator, x.device)
+        b = _uniform(n, cfg.brightness, generator, x.device)
+        x = x * c.view(-1, 1, 1, 1) + b.view(-1, 1, 1, 1)
+    return x
+
+
+def attribution_objective(method: ContrastiveMethod, labels: torch.Tensor, t: ContrastiveTrainConfig):
+    """The scalar loss of z = [view 1; view 2] (2B, d) whose gradients GradMix's maps use."""
+    kw = dict(temperature=t.temperature, base_temperature=t.base_temperature)
+    if method.objective == "simclr":
+        return lambda z: ntxent(z, **kw)
+    if method.objective == "supcon":
+        return lambda z: supcon_loss(z, labels, **kw)
+    return lambda z: method.gamma * supcon_loss(z, labels, **kw) + method.mu * ntxent(z, **kw)
+
+
+def contrastive_maps(net: ContrastiveNet, v: torch.Tensor, labels: torch.Tensor, method: ContrastiveMethod,
+                     t: ContrastiveTrainConfig) -> torch.Tensor:
+    """GradMix maps (2B, H, W) of both views v = [v1; v2], from the contrastive loss; no parameter grads."""
+    o = method.options
+    return attribute(net.encoder, v, attribution_objective(method, labels, t), o.stages, o.attribution,
+                     o.normalize, o.bn, forward=net)
+
+
+def extra_view(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor, v1: torch.Tensor,
+               v2: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+               cfg: ContrastiveConfig, maps: torch.Tensor | None = None):
+    """The extra positive view of v1 (B, C, H, W) and its weight (B,), or (None, None) for ``none``.
+
+    ``aug``: a third random view of the clean images x, weight 1. ``mixup`` | ``cutmix`` | ``gradmix``:
+    the mixer of gradmix.mixing applied to v1; weight λ' = ``Mixed.lam`` (``weight: lam``) or 1.
+    GradMix maps (B, H, W) of view 1 may be given; otherwise the attribution pass computes them.
+    """
+    if method.view == "none":
+        return None, None
+    b = len(v1)
+    if method.view == "aug":
+        xe, lam = view(x, generator, cfg.views), torch.ones(b, device=x.device)
+    elif method.view == "gradmix":
+        o = method.options
+        if o.centre == "peak" and maps is None:
+            maps = contrastive_maps(net, torch.cat([v1, v2]), y, method, cfg.train)[:b]
+        mixed = gradmix(v1, y, num_classes=num_classes, generator=generator, options=o, maps=maps)
+        xe, lam = mixed.x, mixed.lam
+    else:
+        mixed = MIXERS[method.view].fn(v1, y, num_classes=num_classes, generator=generator, options=method.options)
+        xe, lam = mixed.x, mixed.lam
+    return xe, (lam if method.weight == "lam" else torch.ones_like(lam))
+
+
+def loss_from_views(net: ContrastiveNet, method: ContrastiveMethod, v1: torch.Tensor, v2: torch.Tensor,
+                    y: torch.Tensor, t: ContrastiveTrainConfig, extra: torch.Tensor | None = None,
+                    weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """L = γ·L_SupCon + μ·L_SimCLR of views v1, v2 (B, C, H, W), plus the weighted extra-positive term.
+
+    Returns (loss, parts) with parts: supcon, simclr (clean terms), extra (unweighted mean extra
+    term), lam (mean extra-view weight).
+    """
+    b = len(y)
+    kw = dict(temperature=t.temperature, base_temperature=t.base_temperature)
+    z = net(torch.cat([v1, v2] + ([extra] if extra is not None else [])))
+    zc = z[:2 * b]
+    zero = z.new_zeros(())
+    sup = supcon_loss(zc, y, **kw) if method.gamma else zero
+    ssl = ntxent(zc, **kw) if method.mu else zero
+    parts = {"supcon": sup.item(), "simclr": ssl.item()}
+    if extra is not None:
+        za = torch.cat([z[2 * b:], zc[b:]])                   # positives: [x̃; v2]
+        wa = weight.repeat(2)                                 # anchor i and i + B belong to image i
+        ell = ntxent(zc, positives=za, reduction="none", **kw)
+        ssl = ssl + (wa * ell).mean()
+        if method.supcon_extra:
+            sup = sup + (wa * supcon_loss(zc, y, positives=za, reduction="none", **kw)).mean()
+        parts.update(extra=ell.mean().item(), lam=weight.mean().item())
+    return method.gamma * sup + method.mu * ssl, parts
+
+
+def explain(net: ContrastiveNet, x: torch.Tensor, y: torch.Tensor, *, method: ContrastiveMethod,
+            cfg: ContrastiveConfig, num_classes: int, generator: torch.Generator) -> dict:
+    """What contrastive GradMix does to images x (N, C, H, W): x is view 1, a random view of x is view 2.
+
+    Returns, like :func:`gradmix.mixing.gradmix.explain`: per-stage maps of view 1 (normalised over
+    both views, (N, h, w)), the summed map (N, H, W), the :class:`Mixed` result and its box bounds.
+    """
+    o = method.options
+    n = len(x)
+    both = torch.cat([x, view(x, generator, cfg.views)])
+    maps = stage_maps(net.encoder, both, attribution_objective(method, y, cfg.train), o.stages, o.attribution,
+                      o.bn, forward=net)
+    combined = combine(maps, tuple(x.shape[-2:]), o.normalize)[:n]
+    mixed = gradmix(x, y, num_classes=num_classes, generator=generator, options=o, maps=combined)
+    return {"stage_maps": {s: normalize_map(v, o.normalize)[:n] for s, v in maps.items()},
+            "combined": combined, "mixed": mixed, "bounds": mask_bounds(mixed.mask)}
+
+
+def explain_method(cfg: ContrastiveConfig, method: str, stages: tuple[str, ...]) -> ContrastiveMethod:
+    """The run's own method if it is a GradMix one, else the authors' default GradMix view on ``stages``."""
+    m = cfg.method(method)
+    if m.view == "gradmix":
+        return m
+    return dataclasses.replace(m, view="gradmix", objective="simclr", options=GradMixOptions(stages=tuple(stages)),
+                               mu=m.mu or 1.0)
