@@ -160,6 +160,8 @@ class MethodConfig:
     mixer: str
     use: str = "replace"            # replace: train on the mixed batch; extra: clean + weighted mixed
     options: Any = None             # the mixer's validated options dataclass
+    kind: str = "ce"                # ce: cross-entropy trainer | distill: student of a teacher (gradmix.distill)
+    distill: Any = None             # kind distill: its validated DistillOptions
 
     @classmethod
     def from_dict(cls, name: str, values: Mapping[str, Any]) -> "MethodConfig":
@@ -175,11 +177,23 @@ class MethodConfig:
         check_choice(f"{where}.use", use, {"replace", "extra"})
         if mixer == "none" and use != "replace":
             raise ConfigError(f"{where}.use: mixer 'none' has no mixed batch; use 'replace'")
+        kind = values.pop("kind", "ce")
+        distill = values.pop("distill", None)
+        check_choice(f"{where}.kind", kind, {"ce", "distill"})
+        if kind == "distill":
+            from .distill import distill_options
+
+            distill = distill_options(where, mixer, use, distill)
+        elif distill is not None:
+            raise ConfigError(f"{where}.distill: only a method with kind 'distill' takes distill options")
         options = build(MIXERS[mixer].options, values, where)
-        return cls(name=name, mixer=mixer, use=use, options=options)
+        return cls(name=name, mixer=mixer, use=use, options=options, kind=kind, distill=distill)
 
     def to_dict(self) -> dict:
-        return {"mixer": self.mixer, "use": self.use, **dataclasses.asdict(self.options)}
+        out = {"mixer": self.mixer, "use": self.use, **dataclasses.asdict(self.options)}
+        if self.kind != "ce":
+            out.update(kind=self.kind, distill=dataclasses.asdict(self.distill))
+        return out
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,22 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class TeacherConfig:
+    """The teacher of the distilled students (gradmix.distill); it trains with the ``train`` recipe."""
+
+    name: str = "small_cnn"         # small_cnn | resnet18 | vgg32
+    width: int = 32                 # small_cnn base width
+    dir: str = "runs/teacher"       # teacher runs: dir/split<k>-seed<s>; "" = train each on demand in a temp dir
+
+    def __post_init__(self):
+        ModelConfig(self.name, self.width)   # validates name and width
+
+    @property
+    def model(self) -> ModelConfig:
+        return ModelConfig(self.name, self.width)
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -204,6 +234,8 @@ class Config:
     pipeline_methods: tuple[str, ...] = ()               # the methods the pipeline runs, in order
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     smoke: dict = field(default_factory=dict)            # overrides applied by apply_smoke()
+    pipeline_distill: tuple[str, ...] = ()               # of pipeline_methods: the distilled students
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
     def method(self, name: str) -> MethodConfig:
         if name not in self.methods:
@@ -216,13 +248,15 @@ class Config:
             "model": dataclasses.asdict(self.model),
             "train": dataclasses.asdict(self.train),
             "methods": {k: m.to_dict() for k, m in self.methods.items()},
-            "pipeline": {"methods": list(self.pipeline_methods)},
+            "pipeline": {"methods": [m for m in self.pipeline_methods if m not in self.pipeline_distill],
+                         "distill": list(self.pipeline_distill)},
             "evaluate": dataclasses.asdict(self.evaluate),
             "smoke": dict(self.smoke),
+            "teacher": dataclasses.asdict(self.teacher),
         }
 
 
-SECTIONS = ("data", "model", "train", "methods", "pipeline", "evaluate", "smoke")
+SECTIONS = ("data", "model", "train", "methods", "pipeline", "evaluate", "smoke", "teacher")
 
 
 def from_dict(raw: Mapping[str, Any]) -> Config:
@@ -237,11 +271,16 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         raise ConfigError("methods: expected a mapping name -> method options")
     methods = {name: MethodConfig.from_dict(name, v) for name, v in methods_raw.items()}
     pipeline = raw.get("pipeline") or {}
-    if not isinstance(pipeline, Mapping) or set(pipeline) - {"methods"}:
-        raise ConfigError("pipeline: expected a mapping with the single key 'methods'")
-    run = tuple(pipeline.get("methods", list(methods)))
-    for m in run:
-        check_choice("pipeline.methods", m, methods)
+    if not isinstance(pipeline, Mapping) or set(pipeline) - {"methods", "distill"}:
+        raise ConfigError("pipeline: expected a mapping with the keys 'methods' and (optional) 'distill'")
+    students = tuple(pipeline.get("distill", ()))
+    run = tuple(pipeline.get("methods", [m for m in methods if methods[m].kind == "ce"])) + students
+    for key, names, kind in (("methods", run[:len(run) - len(students)], "ce"), ("distill", students, "distill")):
+        for m in names:
+            check_choice(f"pipeline.{key}", m, methods)
+            if methods[m].kind != kind:
+                raise ConfigError(f"pipeline.{key}: {m!r} has kind {methods[m].kind!r}; list kind 'ce' methods "
+                                  f"under pipeline.methods and kind 'distill' ones under pipeline.distill")
     smoke = raw.get("smoke") or {}
     if not isinstance(smoke, Mapping):
         raise ConfigError("smoke: expected a mapping section -> overrides")
@@ -253,6 +292,8 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         pipeline_methods=run,
         evaluate=build(EvalConfig, raw.get("evaluate"), "evaluate"),
         smoke=dict(smoke),
+        pipeline_distill=students,
+        teacher=build(TeacherConfig, raw.get("teacher"), "teacher"),
     )
     apply_smoke(cfg)  # validate the smoke overrides now, not when a notebook first needs them
     return cfg
@@ -283,7 +324,7 @@ def replace(cfg: Config, _where: str = "override", **sections: Mapping[str, Any]
     """
     out = cfg
     for section, overrides in sections.items():
-        check_choice(f"{_where} section", section, {"data", "model", "train", "evaluate"})
+        check_choice(f"{_where} section", section, {"data", "model", "train", "evaluate", "teacher"})
         current = getattr(cfg, section)
         merged = {**dataclasses.asdict(current), **(overrides or {})}
         out = dataclasses.replace(out, **{section: build(type(current), merged, f"{_where}.{section}")})
