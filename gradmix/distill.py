@@ -224,3 +224,14 @@ def student_loss(cfg: Config, method: MethodConfig, student: nn.Module, mixer, d
     (the hook :func:`gradmix.train.train_run` calls)."""
     teacher = load_teacher(cfg, split, seed, data, device)
     return partial(distillation_loss, student, teacher, mixer, method.distill)
+
+
+def benchmark_loss(cfg: Config, method: MethodConfig, student: nn.Module, mixer, in_channels: int,
+                   num_classes: int, device="cpu"):
+    """A ``kind: distill`` method's per-batch loss with a freshly initialised, frozen teacher of the
+    configured architecture: for step-time benchmarks (bench/bench.py), where no trained teacher
+    exists. A step costs the same as with the trained teacher; never use it to train."""
+    from .models import build_model
+
+    teacher = freeze(build_model(cfg.teacher.model, in_channels, num_classes).to(device))
+    return partial(distillation_loss, student, teacher, mixer, method.distill)

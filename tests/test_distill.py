@@ -211,3 +211,16 @@ def test_config_guards_the_distill_kind():
     with pytest.raises(ConfigError, match=r"'vit'.*small_cnn"):
         config.from_dict(r)
     assert math.isclose(cfg.method("asymkd").options.prob, 0.5)
+
+
+def test_benchmark_loss_times_the_real_step(smoke):
+    """bench/bench.py's hook: the same loss with an untrained frozen teacher of the configured model."""
+    m = smoke.method("asymkd")
+    student = SmallCNN(1, 6, width=4)
+    fn = distill.benchmark_loss(smoke, m, student, make_mixer(m.mixer, m.options), 1, 6)
+    teacher = fn.args[1]
+    assert fn.func is distill.distillation_loss and not teacher.training
+    assert teacher.fc.in_features == 4 * smoke.teacher.width
+    loss = fn(torch.randn(8, 1, 8, 8), torch.arange(8) % 6, 6, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is None for p in teacher.parameters())
