@@ -199,6 +199,8 @@ class MethodConfig:
     mixer: str
     use: str = "replace"            # replace: train on the mixed batch; extra: clean + weighted mixed
     options: Any = None             # the mixer's validated options dataclass
+    kind: str = "ce"                # ce: cross-entropy trainer | distill: student of a teacher (gradmix.distill)
+    distill: Any = None             # kind distill: its validated DistillOptions
 
     @classmethod
     def from_dict(cls, name: str, values: Mapping[str, Any]) -> "MethodConfig":
@@ -214,11 +216,23 @@ class MethodConfig:
         check_choice(f"{where}.use", use, {"replace", "extra"})
         if mixer == "none" and use != "replace":
             raise ConfigError(f"{where}.use: mixer 'none' has no mixed batch; use 'replace'")
+        kind = values.pop("kind", "ce")
+        distill = values.pop("distill", None)
+        check_choice(f"{where}.kind", kind, {"ce", "distill"})
+        if kind == "distill":
+            from .distill import distill_options
+
+            distill = distill_options(where, mixer, use, distill)
+        elif distill is not None:
+            raise ConfigError(f"{where}.distill: only a method with kind 'distill' takes distill options")
         options = build(MIXERS[mixer].options, values, where)
-        return cls(name=name, mixer=mixer, use=use, options=options)
+        return cls(name=name, mixer=mixer, use=use, options=options, kind=kind, distill=distill)
 
     def to_dict(self) -> dict:
-        return {"mixer": self.mixer, "use": self.use, **dataclasses.asdict(self.options)}
+        out = {"mixer": self.mixer, "use": self.use, **dataclasses.asdict(self.options)}
+        if self.kind != "ce":
+            out.update(kind=self.kind, distill=dataclasses.asdict(self.distill))
+        return out
 
 
 @dataclass(frozen=True)
@@ -320,6 +334,22 @@ class ProfileConfig:
 
 
 @dataclass(frozen=True)
+class TeacherConfig:
+    """The teacher of the distilled students (gradmix.distill); it trains with the ``train`` recipe."""
+
+    name: str = "small_cnn"         # small_cnn | resnet18 | vgg32
+    width: int = 32                 # small_cnn base width
+    dir: str = "runs/teacher"       # teacher runs: dir/split<k>-seed<s>; "" = train each on demand in a temp dir
+
+    def __post_init__(self):
+        ModelConfig(self.name, self.width)   # validates name and width
+
+    @property
+    def model(self) -> ModelConfig:
+        return ModelConfig(self.name, self.width)
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -333,6 +363,8 @@ class Config:
     corruption: CorruptionConfig = field(default_factory=CorruptionConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     contrastive: Any = None                              # gradmix.contrastive.ContrastiveConfig, or None
+    pipeline_distill: tuple[str, ...] = ()               # of pipeline_methods: the distilled students
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
 
     def method(self, name: str) -> MethodConfig:
         if name not in self.methods:
@@ -345,19 +377,21 @@ class Config:
             "model": dataclasses.asdict(self.model),
             "train": dataclasses.asdict(self.train),
             "methods": {k: m.to_dict() for k, m in self.methods.items()},
-            "pipeline": {"methods": list(self.pipeline_methods)},
+            "pipeline": {"methods": [m for m in self.pipeline_methods if m not in self.pipeline_distill],
+                         "distill": list(self.pipeline_distill)},
             "evaluate": dataclasses.asdict(self.evaluate),
             "smoke": dict(self.smoke),
             "bench": dataclasses.asdict(self.bench),
             "ood": dataclasses.asdict(self.ood),
             "corruption": dataclasses.asdict(self.corruption),
             "profile": dataclasses.asdict(self.profile),
+            "teacher": dataclasses.asdict(self.teacher),
             **({"contrastive": self.contrastive.to_dict()} if self.contrastive is not None else {}),
         }
 
 
 SECTIONS = ("data", "model", "train", "methods", "pipeline", "evaluate", "smoke", "bench", "ood", "corruption",
-            "profile", "contrastive")
+            "profile", "contrastive", "teacher")
 
 
 def from_dict(raw: Mapping[str, Any]) -> Config:
@@ -372,11 +406,16 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         raise ConfigError("methods: expected a mapping name -> method options")
     methods = {name: MethodConfig.from_dict(name, v) for name, v in methods_raw.items()}
     pipeline = raw.get("pipeline") or {}
-    if not isinstance(pipeline, Mapping) or set(pipeline) - {"methods"}:
-        raise ConfigError("pipeline: expected a mapping with the single key 'methods'")
-    run = tuple(pipeline.get("methods", list(methods)))
-    for m in run:
-        check_choice("pipeline.methods", m, methods)
+    if not isinstance(pipeline, Mapping) or set(pipeline) - {"methods", "distill"}:
+        raise ConfigError("pipeline: expected a mapping with the keys 'methods' and (optional) 'distill'")
+    students = tuple(pipeline.get("distill", ()))
+    run = tuple(pipeline.get("methods", [m for m in methods if methods[m].kind == "ce"])) + students
+    for key, names, kind in (("methods", run[:len(run) - len(students)], "ce"), ("distill", students, "distill")):
+        for m in names:
+            check_choice(f"pipeline.{key}", m, methods)
+            if methods[m].kind != kind:
+                raise ConfigError(f"pipeline.{key}: {m!r} has kind {methods[m].kind!r}; list kind 'ce' methods "
+                                  f"under pipeline.methods and kind 'distill' ones under pipeline.distill")
     smoke = raw.get("smoke") or {}
     if not isinstance(smoke, Mapping):
         raise ConfigError("smoke: expected a mapping section -> overrides")
@@ -393,6 +432,8 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
         corruption=build(CorruptionConfig, raw.get("corruption"), "corruption"),
         profile=build(ProfileConfig, raw.get("profile"), "profile"),
         contrastive=_contrastive(raw.get("contrastive")),
+        pipeline_distill=students,
+        teacher=build(TeacherConfig, raw.get("teacher"), "teacher"),
     )
     for m in cfg.bench.methods:
         check_choice("bench.methods", m, methods)
@@ -494,7 +535,7 @@ def replace(cfg: Config, _where: str = "override", **sections: Mapping[str, Any]
     out = cfg
     for section, overrides in sections.items():
         check_choice(f"{_where} section", section,
-                     {"data", "model", "train", "evaluate", "ood", "corruption", "contrastive"})
+                     {"data", "model", "train", "evaluate", "ood", "corruption", "contrastive", "teacher"})
         current = getattr(cfg, section)
         if section == "contrastive":
             if current is None:

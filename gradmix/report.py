@@ -238,3 +238,68 @@ def gallery_from_run(run_dir, n: int = 6, options=None, seed: int = 0, device="c
                          titles=[f"class {data.class_names[int(c)]}" for c in y])
     fig.suptitle(f"{info['method']} · {Path(run_dir).name} · fill={options.fill}", y=1.01, fontsize=9)
     return fig
+
+
+def saliency_mixing_figure(run_dir, options: dict, n: int = 4, seed: int = 0, device="cpu"):
+    """R-Mix and Saliency Grafting on ``n`` known test images, with the trained model of ``run_dir``.
+
+    ``options``: {method name: RMixOptions | GraftingOptions}. Per method, columns = image i, its
+    partner j, i's grid saliency, the share of each pixel that stays i's (1 own, 0 partner's, w1 where
+    R-Mix blends), the mixed image titled with its label weights.
+    """
+    import dataclasses
+
+    import torch
+
+    from .data import load_openset
+    from .evaluate import run_config
+    from .mixing.grafting import GraftingOptions, grafting_parts
+    from .mixing.rmix import rmix_parts
+    from .train import load_model
+
+    cfg, info = run_config(run_dir)
+    model = load_model(run_dir, device)
+    data = load_openset(cfg.data, info["split"], device)
+    idx = torch.linspace(0, len(data.x_known) - 1, 2 * n).long()
+    x, y = data.x_known[idx], data.y_known[idx]
+    names = data.class_names
+
+    def pixels(t):
+        t = data.denormalize(t).clamp(0, 1).cpu()
+        return t[:, 0].numpy() if t.shape[1] == 1 else t.permute(0, 2, 3, 1).numpy()
+
+    cols = ("image i", "partner j", "saliency of i", "share of i", "mixed")
+    fig, axes = plt.subplots(n, 5 * len(options), figsize=(1.5 * 5 * len(options), 1.6 * n), squeeze=False)
+    for k, (method, o) in enumerate(options.items()):
+        gen = torch.Generator(device=device).manual_seed(seed)
+        o = dataclasses.replace(o, prob=1.0)
+        parts_fn = grafting_parts if isinstance(o, GraftingOptions) else rmix_parts
+        p = parts_fn(x, y, num_classes=data.num_classes, generator=gen, options=o, model=model)
+        m, j = p["mixed"], p["partner"]
+        if isinstance(o, GraftingOptions):
+            share = 1.0 - p["mask"][:, 0].float()
+        else:
+            share = p["own"][:, 0].float() + p["w1"] * p["blend"][:, 0].float()
+        imgs, mixed = pixels(x), pixels(m.x)
+        cmap = "gray" if imgs.ndim == 3 else None
+        for r in range(n):
+            i, jj = r, int(j[r])
+            row = axes[r][5 * k:5 * k + 5]
+            row[0].imshow(imgs[i], cmap=cmap, vmin=0, vmax=1)
+            row[1].imshow(imgs[jj], cmap=cmap, vmin=0, vmax=1)
+            row[2].imshow(p["cells"][i].cpu().numpy(), cmap="jet")
+            row[3].imshow(share[i].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+            row[4].imshow(np.clip(mixed[i], 0, 1), cmap=cmap, vmin=0, vmax=1)
+            a, b = int(y[i]), int(y[jj])
+            row[4].set_title(f"{m.target[i, a]:.2f}·{names[a]}" + (f" + {m.target[i, b]:.2f}·{names[b]}" if a != b
+                                                                      else ""), fontsize=7)
+            for ax in row:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if r == 0:
+                for ax, c in zip(row[:4], cols):
+                    ax.set_title(c, fontsize=7)
+        axes[0][5 * k].set_ylabel(method, fontsize=9)
+    fig.suptitle(f"{info['method']} model · {Path(run_dir).name}", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -15,6 +15,7 @@ import os
 import pickle
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,10 @@ def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Pa
     model = build_model(cfg.model, data.x_train.shape[1], data.num_classes).to(device)
     check_method(m, model)
     mixer = make_mixer(m.mixer, m.options)
+    loss_fn = partial(training_loss, model, mixer, m.use)
+    if m.kind == "distill":                                  # a student of its split's teacher
+        from .distill import student_loss
+        loss_fn = student_loss(cfg, m, model, mixer, data, split, seed, device)
     n = len(data.x_train)
     steps = max(1, n // t.batch_size) if n > t.batch_size else 1
     opt = make_optimizer(model, t)
@@ -155,8 +160,7 @@ def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Pa
         total, count = 0.0, 0
         for idx in batches(n, t.batch_size, gen):
             x = augment(data.x_train[idx], gen, cfg.data.crop_padding, cfg.data.hflip)
-            loss = training_loss(model, mixer, m.use, x, data.y_train[idx], data.num_classes, gen,
-                                 t.label_smoothing)
+            loss = loss_fn(x, data.y_train[idx], data.num_classes, gen, t.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -200,7 +204,9 @@ def _write_run(d: Path, cfg: Config, m: MethodConfig, split: int, seed: int, dev
 
 def train_method(cfg: Config, method: str, out_root: str | Path) -> list[Path]:
     """Train ``method`` on every split and seed of ``cfg``; runs go to ``out_root/<method>/<split>-<seed>``."""
-    cfg.method(method)
+    if cfg.method(method).kind == "distill":
+        from .distill import check_teachers
+        check_teachers(cfg)
     device = resolve_device(cfg.train.device)
     out = []
     for split in cfg.data.splits:

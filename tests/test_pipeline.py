@@ -67,7 +67,7 @@ def pipeline(tmp_path_factory):
 
 def test_pipeline_writes_metrics_figures_tables_for_every_method(pipeline):
     copy, params, _ = pipeline
-    methods = params["pipeline"]["methods"]
+    methods = params["pipeline"]["methods"] + params["pipeline"].get("distill", [])
     metrics = json.loads((copy / "results/metrics.json").read_text())
     assert list(metrics) == ["digits"]
     contrastive = params["contrastive"]["pipeline"]
@@ -90,7 +90,7 @@ def test_pipeline_writes_metrics_figures_tables_for_every_method(pipeline):
         assert set(methods) <= set(robust["digits"]), name
     executed = {p.name for p in (copy / "results/notebooks").glob("*.ipynb")}
     assert {"data.ipynb", "evaluate.ipynb", "figures.ipynb", "tables.ipynb"} <= executed
-    assert {f"train_{m}.ipynb" for m in methods} <= executed
+    assert {f"train_{m}.ipynb" for m in methods} | {"teacher.ipynb"} <= executed
 
 
 def test_second_repro_does_nothing(pipeline):

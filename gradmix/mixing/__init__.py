@@ -14,7 +14,9 @@ from typing import Callable
 from .boxes import Mixed
 from .cutmix import CutMixOptions, cutmix
 from .gradmix import GradMixOptions, gradmix
+from .grafting import GraftingOptions, grafting
 from .mixup import MixupOptions, mixup
+from .rmix import RMixOptions, rmix
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ MIXERS: dict[str, MixerSpec] = {
     "mixup": MixerSpec(MixupOptions, mixup),
     "cutmix": MixerSpec(CutMixOptions, cutmix),
     "gradmix": MixerSpec(GradMixOptions, gradmix, needs_model=True),
+    "rmix": MixerSpec(RMixOptions, rmix, needs_model=True),
+    "grafting": MixerSpec(GraftingOptions, grafting, needs_model=True),
 }
 
 
@@ -43,5 +47,5 @@ def make_mixer(mixer: str, options) -> Callable | None:
     return None if spec.fn is None else partial(spec.fn, options=options)
 
 
-__all__ = ["MIXERS", "Mixed", "make_mixer", "mixup", "cutmix", "gradmix",
-           "MixupOptions", "CutMixOptions", "GradMixOptions", "NoOptions"]
+__all__ = ["MIXERS", "Mixed", "make_mixer", "mixup", "cutmix", "gradmix", "rmix", "grafting",
+           "MixupOptions", "CutMixOptions", "GradMixOptions", "RMixOptions", "GraftingOptions", "NoOptions"]

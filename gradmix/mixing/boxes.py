@@ -21,6 +21,8 @@ class Mixed:
     lam: (N,) fraction of each image that is still its own (1 - mixed area; Mixup's λ).
     weight: (N,) loss weight of each mixed sample.
     mask: (N, 1, H, W) bool, True where pixels were replaced; None for blending methods (Mixup).
+    partner: (N,) index in the batch of each sample's mixing partner; None when the batch was not
+        mixed (or the method does not report it). Distillation needs it (:mod:`gradmix.distill`).
     """
 
     x: torch.Tensor
@@ -28,6 +30,7 @@ class Mixed:
     lam: torch.Tensor
     weight: torch.Tensor
     mask: torch.Tensor | None = None
+    partner: torch.Tensor | None = None
 
 
 def unmixed(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> Mixed:

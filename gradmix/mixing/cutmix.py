@@ -42,4 +42,4 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: tor
     perm = pairing(n, generator, x.device)
     lam = 1.0 - mask_area(mask)
     return Mixed(torch.where(mask, x[perm], x), soft_targets(y, perm, lam, num_classes), lam,
-                 torch.ones(n, device=x.device), mask)
+                 torch.ones(n, device=x.device), mask, partner=perm)

@@ -32,4 +32,4 @@ def mixup(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torc
     perm = pairing(n, generator, x.device)
     l4 = lam[:, None, None, None]
     return Mixed(l4 * x + (1 - l4) * x[perm], soft_targets(y, perm, lam, num_classes), lam.clone(),
-                 torch.ones(n, device=x.device))
+                 torch.ones(n, device=x.device), partner=perm)
