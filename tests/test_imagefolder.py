@@ -35,7 +35,7 @@ def params(tmp_path: Path, folder: Path, **data_overrides) -> Path:
     raw["data"].update({"dataset": "imagefolder", "folder": str(folder), "known": "random", "num_known": 3,
                         "known_seed": 0, "splits": [0, 1], "image_size": 0, "max_train": 0, **data_overrides})
     raw["train"].update(epochs=2, progress=False)
-    raw["pipeline"]["methods"] = ["erm", "gradmix"]
+    raw["pipeline"].update(methods=["erm", "gradmix"], distill=[])
     raw["ood"].update(num_generated=40)
     raw["corruption"].update(corruptions=["gaussian_noise", "pixelate"], severities=[1, 3])
     path = tmp_path / "params.yaml"
