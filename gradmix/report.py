@@ -24,7 +24,8 @@ def label(metric: str) -> str:
 def metrics_figure(runs: pd.DataFrame, metrics=("accuracy", "auroc_mls", "oscr_mls"), order=None):
     """One panel per metric: mean per method (bar) with every split/seed as a dot."""
     order = order or list(dict.fromkeys(runs["method"]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    width = max(4.2, 0.45 * len(order))     # room for one label per method
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 3.8), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         sns.barplot(data=runs, x="method", y=m, order=order, errorbar=None, ax=ax, color="#9ecae1")
         sns.stripplot(data=runs, x="method", y=m, order=order, ax=ax, color="k", size=3, jitter=0.15)
@@ -34,7 +35,7 @@ def metrics_figure(runs: pd.DataFrame, metrics=("accuracy", "auroc_mls", "oscr_m
         ax.set_title(label(m))
         ax.set_xlabel("")
         ax.set_ylabel("")
-        ax.tick_params(axis="x", rotation=45)
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     fig.tight_layout()
     return fig
 
