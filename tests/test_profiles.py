@@ -48,6 +48,19 @@ def test_paper_profiles_validate_and_write_every_value_out(tmp_path, name):
     for m in ("gradmix", "gradmix_random", "gradmix_partner", "gradmix_replace"):
         assert cfg.method(m).options.stages == stages
     config.apply_smoke(cfg)                                             # notebooks' smoke runs stay valid
+    # every stage a method attributes exists in the network that trains it, for both tracks
+    from gradmix.contrastive.runs import encoder_config
+    from gradmix.models import build_model
+    from gradmix.train import check_method
+    from gradmix.contrastive.runs import check_method as check_contrastive
+
+    model = build_model(cfg.model, 3, 2)
+    for m in cfg.pipeline_methods:
+        check_method(cfg.method(m), model)
+    encoder = build_model(encoder_config(cfg), 3, 2)
+    for m in cfg.contrastive.pipeline:
+        check_contrastive(cfg.contrastive.method(m), encoder)
+    assert cfg.contrastive.train.encoder == "resnet18" and cfg.teacher.name == "resnet18"
 
 
 def test_vaze_settings_of_the_ce_track(tmp_path):

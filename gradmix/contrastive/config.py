@@ -32,9 +32,14 @@ class ContrastiveTrainConfig:
     base_temperature: float = 0.07  # loss × τ/τ_base (SupContrast's SupConLoss default)
     feat_dim: int = 128             # projection output
     head: str = "mlp"               # mlp: D -> D -> ReLU -> feat_dim (SupConResNet) | linear
+    encoder: str = ""               # "" = the `model` section's network | small_cnn | resnet18 | vgg32
 
     def __post_init__(self):
         w = "contrastive.train"
+        if self.encoder:
+            from ..models import MODELS
+
+            check_choice(f"{w}.encoder", self.encoder, MODELS)
         check_range(f"{w}.epochs", self.epochs, 1)
         check_range(f"{w}.batch_size", self.batch_size, 2)
         check_range(f"{w}.lr", self.lr, 0.0, low_open=True)

@@ -10,6 +10,7 @@ reads both kinds. Written to ``<dir>.tmp`` and renamed when complete.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, ModelConfig
 from ..data import DATASETS, OpenSetData, batches, load_openset
 from ..knn import knn_scores
 from ..models import Classifier, build_model
@@ -67,9 +68,15 @@ def check_method(method: ContrastiveMethod, model: Classifier) -> None:
                               f"{type(model).__name__}; valid stages: {list(model.stages)}")
 
 
+def encoder_config(cfg: Config) -> ModelConfig:
+    """The encoder's model config: ``contrastive.train.encoder`` if set, else the ``model`` section."""
+    enc = cfg.contrastive.train.encoder
+    return dataclasses.replace(cfg.model, name=enc) if enc else cfg.model
+
+
 def build_net(cfg: Config, in_channels: int, num_classes: int) -> ContrastiveNet:
     t = cfg.contrastive.train
-    return ContrastiveNet(build_model(cfg.model, in_channels, num_classes), t.feat_dim, t.head)
+    return ContrastiveNet(build_model(encoder_config(cfg), in_channels, num_classes), t.feat_dim, t.head)
 
 
 def _schedule(opt, t: ContrastiveTrainConfig, total_steps: int):
@@ -147,7 +154,7 @@ def _write_run(d: Path, cfg: Config, m: ContrastiveMethod, split, seed, device, 
             "known_classes": data.known, "device": str(device), "torch": torch.__version__}
     (d / "config.json").write_text(json.dumps({"run": info, **cfg.to_dict()}, indent=2))
     t = cfg.contrastive.train
-    torch.save({"state_dict": net.encoder.state_dict(), "model": cfg.to_dict()["model"],
+    torch.save({"state_dict": net.encoder.state_dict(), "model": dataclasses.asdict(encoder_config(cfg)),
                 "in_channels": data.x_train.shape[1], "num_classes": data.num_classes, "known": data.known,
                 "mean": data.mean, "std": data.std, "head": net.head.state_dict(), "feat_dim": t.feat_dim,
                 "head_kind": t.head}, d / "model.pt")
@@ -182,7 +189,7 @@ def train_methods(cfg: Config, methods, out_root: str | Path) -> Path:
     """Train each contrastive method on every split and seed into ``out_root``; every name and stage is
     validated before the first run starts."""
     c = _contrastive(cfg) if methods else None
-    probe = build_model(cfg.model, DATASETS[cfg.data.dataset].channels, 2)
+    probe = build_model(encoder_config(cfg), DATASETS[cfg.data.dataset].channels, 2) if methods else None
     for name in methods:
         check_method(c.method(name), probe)
     for name in methods:
