@@ -207,12 +207,18 @@ def train_method(cfg: Config, method: str, out_root: str | Path) -> list[Path]:
     if cfg.method(method).kind == "distill":
         from .distill import check_teachers
         check_teachers(cfg)
+    return every_run(cfg, method, out_root, train_run)
+
+
+def every_run(cfg: Config, method: str, out_root: str | Path, run_fn) -> list[Path]:
+    """``run_fn(cfg, method, split, seed, out_root/<method>/<split>-<seed>, data)`` for every split and
+    seed of ``cfg``, loading each split once."""
     device = resolve_device(cfg.train.device)
     out = []
     for split in cfg.data.splits:
         data = load_openset(cfg.data, split, device)
         for seed in cfg.train.seeds:
-            out.append(train_run(cfg, method, split, seed, Path(out_root) / method / run_name(split, seed), data))
+            out.append(run_fn(cfg, method, split, seed, Path(out_root) / method / run_name(split, seed), data))
     return out
 
 

@@ -1,6 +1,5 @@
 """The contrastive track: losses against hand-computed values, the λ' weighting of the extra view,
 attribution hygiene, config validation and the run-directory contract shared with evaluate."""
-import dataclasses
 import json
 import math
 from pathlib import Path

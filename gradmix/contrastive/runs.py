@@ -27,7 +27,7 @@ from ..data import DATASETS, OpenSetData, batches, load_openset
 from ..knn import knn_scores
 from ..models import Classifier, build_model
 from ..probe import linear_probe
-from ..train import load_model, resolve_device, run_name
+from ..train import every_run, load_model, resolve_device, run_name
 from .config import ContrastiveConfig, ContrastiveMethod, ContrastiveTrainConfig
 from .views import ContrastiveNet, extra_view, loss_from_views, view
 
@@ -176,13 +176,7 @@ def _contrastive(cfg: Config):
 def train_method(cfg: Config, method: str, out_root: str | Path) -> list[Path]:
     """Train contrastive ``method`` on every split and train.seeds; runs go to ``out_root/<method>/<split>-<seed>``."""
     _contrastive(cfg).method(method)
-    device = resolve_device(cfg.train.device)
-    out = []
-    for split in cfg.data.splits:
-        data = load_openset(cfg.data, split, device)
-        for seed in cfg.train.seeds:
-            out.append(train_run(cfg, method, split, seed, Path(out_root) / method / run_name(split, seed), data))
-    return out
+    return every_run(cfg, method, out_root, train_run)
 
 
 def train_methods(cfg: Config, methods, out_root: str | Path) -> Path:
