@@ -70,6 +70,12 @@ class OpenSetData:
         s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return x * s + m
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels (N, C, H, W) -> the model's input space, with this split's mean and std."""
+        m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - m) / s
+
 
 def _resize(x: np.ndarray, size: int) -> torch.Tensor:
     """(N, C, H, W) uint8 (0..255) or float ([0, 1]) -> float32 in [0, 1] at size x size."""

@@ -91,14 +91,17 @@ def score_distribution_figure(root, methods, score: str = "mls"):
     return fig
 
 
+def _display(data, x) -> np.ndarray:
+    """Normalised images (N, C, H, W) of ``data`` -> [0, 1] arrays (N, H, W) grey or (N, H, W, 3)."""
+    t = data.denormalize(x).clamp(0, 1).cpu()
+    return t[:, 0].numpy() if t.shape[1] == 1 else t.permute(0, 2, 3, 1).numpy()
+
+
 def split_figure(data, per_row: int = 12):
     """Example test images of one open-set split: a row of known-class images, a row of unknown ones."""
-    def pixels(t):
-        t = data.denormalize(t[:per_row]).clamp(0, 1).cpu()
-        return t[:, 0].numpy() if t.shape[1] == 1 else t.permute(0, 2, 3, 1).numpy()
 
-    rows = {"known": (pixels(data.x_known), data.y_known[:per_row].tolist(), data.known),
-            "unknown": (pixels(data.x_unknown), data.y_unknown[:per_row].tolist(), None)}
+    rows = {"known": (_display(data, data.x_known[:per_row]), data.y_known[:per_row].tolist(), data.known),
+            "unknown": (_display(data, data.x_unknown[:per_row]), data.y_unknown[:per_row].tolist(), None)}
     fig, axes = plt.subplots(2, per_row, figsize=(1.0 * per_row, 2.5), squeeze=False)
     for r, (name, (imgs, labels, lut)) in enumerate(rows.items()):
         for j, ax in enumerate(axes[r]):
@@ -229,13 +232,10 @@ def gallery_from_run(run_dir, n: int = 6, options=None, seed: int = 0, device="c
         out = explain(model, x, y, num_classes=data.num_classes, generator=gen,
                       options=dataclasses.replace(options, prob=1.0))
 
-    def pixels(t):
-        t = data.denormalize(t).clamp(0, 1).cpu()
-        return t[:, 0].numpy() if t.shape[1] == 1 else t.permute(0, 2, 3, 1).numpy()
 
-    fig = gallery_figure(pixels(x), {s: m.cpu().numpy() for s, m in out["stage_maps"].items()},
+    fig = gallery_figure(_display(data, x), {s: m.cpu().numpy() for s, m in out["stage_maps"].items()},
                          out["combined"].cpu().numpy(), [b.cpu() for b in out["bounds"]],
-                         pixels(out["mixed"].x),
+                         _display(data, out["mixed"].x),
                          titles=[f"class {data.class_names[int(c)]}" for c in y])
     fig.suptitle(f"{info['method']} · {Path(run_dir).name} · fill={options.fill}", y=1.01, fontsize=9)
     return fig
@@ -265,9 +265,6 @@ def saliency_mixing_figure(run_dir, options: dict, n: int = 4, seed: int = 0, de
     x, y = data.x_known[idx], data.y_known[idx]
     names = data.class_names
 
-    def pixels(t):
-        t = data.denormalize(t).clamp(0, 1).cpu()
-        return t[:, 0].numpy() if t.shape[1] == 1 else t.permute(0, 2, 3, 1).numpy()
 
     cols = ("image i", "partner j", "saliency of i", "share of i", "mixed")
     fig, axes = plt.subplots(n, 5 * len(options), figsize=(1.5 * 5 * len(options), 1.6 * n), squeeze=False)
@@ -281,7 +278,7 @@ def saliency_mixing_figure(run_dir, options: dict, n: int = 4, seed: int = 0, de
             share = 1.0 - p["mask"][:, 0].float()
         else:
             share = p["own"][:, 0].float() + p["w1"] * p["blend"][:, 0].float()
-        imgs, mixed = pixels(x), pixels(m.x)
+        imgs, mixed = _display(data, x), _display(data, m.x)
         cmap = "gray" if imgs.ndim == 3 else None
         for r in range(n):
             i, jj = r, int(j[r])

@@ -49,12 +49,6 @@ def _test_set(cfg, split):
     return load_openset(dataclasses.replace(cfg.data, balance_test=False), split, "cpu")
 
 
-def _norm(x: torch.Tensor, data) -> torch.Tensor:
-    m = torch.tensor(data.mean).view(1, -1, 1, 1)
-    s = torch.tensor(data.std).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
 def _row(cfg, info) -> dict:
     return {"dataset": cfg.data.dataset, "method": info["method"], "split": info["split"], "seed": info["seed"]}
 
@@ -71,7 +65,7 @@ def evaluate_ood(run_dirs, ood: OODConfig, device: str = "auto") -> pd.DataFrame
         logits_id = {d: predict(m, data.x_known.to(device), EVAL_BATCH).cpu().numpy() for d, m in models.items()}
         logits_ood = {d: {} for d in models}
         for name in sets:
-            x = _norm(ood_set(name, cfg.data, ood, pixels), data).to(device)
+            x = data.normalize(ood_set(name, cfg.data, ood, pixels)).to(device)
             for d, m in models.items():
                 logits_ood[d][name] = predict(m, x, EVAL_BATCH).cpu().numpy()
         for d, info in runs:
@@ -129,7 +123,7 @@ def evaluate_corruption(run_dirs, cc: CorruptionConfig, device: str = "auto") ->
         models = {d: load_model(d, device) for d, _ in runs}
         acc = {d: {} for d in models}
         for keys, pixels, labels in _corrupted_sets(cfg, split, data, cc):
-            x = _norm(pixels, data).to(device)
+            x = data.normalize(pixels).to(device)
             for d, m in models.items():
                 hit = (predict(m, x, EVAL_BATCH).argmax(1).cpu() == labels.cpu()).float().view(len(keys), -1)
                 acc[d].update({k: float(h.mean()) for k, h in zip(keys, hit)})

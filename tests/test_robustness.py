@@ -125,7 +125,7 @@ def test_cifar10c_evaluation_end_to_end(tmp_path, smoke_cfg):
         run = robustness.find_runs(root)[0]
         model = train.load_model(run)
         d = robustness._test_set(robustness.run_config(run)[0], 0)
-        black = robustness._norm(torch.zeros(1, 3, 32, 32), d)
+        black = d.normalize(torch.zeros(1, 3, 32, 32))
         pred = int(train.predict(model, black).argmax())
         assert row["contrast/s5"] == pytest.approx(float((d.y_known == pred).float().mean()))
         assert len(server.requests("CIFAR-10-C.tar")) == 1
