@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .config import ConfigError, ModelConfig
+from .checks import ConfigError
 
 
 class Classifier(nn.Module):
@@ -107,8 +107,9 @@ class VGG32(Classifier):
 MODELS = {"small_cnn": SmallCNN, "resnet18": ResNet18, "vgg32": VGG32}
 
 
-def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> Classifier:
-    """Build ``cfg.name`` for ``in_channels``-channel images and ``num_classes`` known classes."""
+def build_model(cfg: "ModelConfig", in_channels: int, num_classes: int) -> Classifier:
+    """Build ``cfg.name`` (a :class:`gradmix.config.ModelConfig`: ``name``, ``width``) for ``in_channels``-channel
+    images and ``num_classes`` known classes."""
     if cfg.name == "small_cnn":
         return SmallCNN(in_channels, num_classes, cfg.width)
     return MODELS[cfg.name](in_channels, num_classes)

@@ -8,7 +8,7 @@ import torch
 import yaml
 from PIL import Image
 
-from gradmix import config, data, evaluate, report, robustness, train
+from gradmix import config, data, evaluate, report, robustness, trainers
 from gradmix.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_imagefolder_through_train_evaluate_figures_tables(tmp_path):
     assert data.load_openset(cfg.data, 1).known != d0.known       # each split index is its own seeded draw
     assert len(d0.x_known) == len(d0.x_unknown) == 12             # 2 unknown classes x 6, balanced
 
-    runs = train.train_methods(cfg, methods, tmp_path / "runs")
+    runs = trainers.train_methods(cfg, methods, tmp_path / "runs")
     results = tmp_path / "results"
     summary = evaluate.evaluate(runs, results, methods, cfg.evaluate.scores)
     assert list(summary) == ["imagefolder"] and list(summary["imagefolder"]) == methods
