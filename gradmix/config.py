@@ -22,6 +22,7 @@ from .contrastive.config import ContrastiveConfig
 from .corruption import CIFAR10C_CORRUPTIONS, CORRUPTIONS
 from .data import DATASETS
 from .distill import distill_options
+from .inheritance import read_params
 from .mixing import MIXERS
 from .models import MODELS
 from .ood import OOD_SETS
@@ -399,10 +400,7 @@ def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path.resolve()}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"params file {path} is not valid YAML: {e}") from None
+    raw = read_params(path.read_text(), str(path))     # YAML, with method inheritance (<<: *base) checked
     raw = dict(raw or {})
     if profile is not None:
         raw["profile"] = {**(raw.get("profile") or {}), "name": profile}
@@ -442,10 +440,7 @@ def apply_profile(raw: Mapping[str, Any], base_dir: str | Path = ".") -> dict:
         if prof.name == "default":
             return dict(raw)
         raise ConfigError(f"profile.file: {path} not found (profile.name={prof.name!r})")
-    try:
-        profiles = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"profile file {path} is not valid YAML: {e}") from None
+    profiles = read_params(path.read_text(), str(path)) or {}
     if not isinstance(profiles, Mapping):
         raise ConfigError(f"profile file {path}: expected a mapping name -> overrides")
     if prof.name not in profiles:
