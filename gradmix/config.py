@@ -152,7 +152,7 @@ class MethodConfig:
     mixer: str
     use: str = "replace"            # replace: train on the mixed batch; extra: clean + weighted mixed
     options: Any = None             # the mixer's validated options dataclass
-    kind: str = "ce"                # ce: cross-entropy trainer | distill: student of a teacher (gradmix.distill)
+    kind: str = "ce"                # ce: cross-entropy trainer | distill: student of a teacher (gradmix.teacher)
     distill: Any = None             # kind distill: its validated DistillOptions
 
     @classmethod
@@ -275,7 +275,7 @@ class ProfileConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """The teacher of the distilled students (gradmix.distill); it trains with the ``train`` recipe."""
+    """The teacher of the distilled students (gradmix.teacher); it trains with the ``train`` recipe."""
 
     name: str = "small_cnn"         # small_cnn | resnet18 | vgg32
     width: int = 32                 # small_cnn base width
