@@ -28,7 +28,7 @@ test: $(STAMP)
 	python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
 data: $(STAMP)
-	python -m gradmix.download --profile $(PROFILE)
+	python -m gradmix.prepare --profile $(PROFILE)
 	dvc add data
 
 bench: $(STAMP)

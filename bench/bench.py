@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gradmix import config, distill  # noqa: E402
+from gradmix import config, teacher  # noqa: E402
 from gradmix.mixing import make_mixer  # noqa: E402
 from gradmix.models import build_model  # noqa: E402
 from gradmix.train import check_method, make_optimizer, resolve_device, training_loss  # noqa: E402
@@ -43,7 +43,7 @@ def step_time(cfg: config.Config, method: str, x: torch.Tensor, y: torch.Tensor,
     gen = torch.Generator(device=device).manual_seed(0)
     loss_fn = partial(training_loss, model, mixer, m.use)
     if m.kind == "distill":   # the student step, with a frozen (untrained) teacher of the same shape
-        loss_fn = distill.benchmark_loss(cfg, m, model, mixer, b.channels, b.num_classes, device)
+        loss_fn = teacher.benchmark_loss(cfg, m, model, mixer, b.channels, b.num_classes, device)
     times = []
     for i in range(b.warmup + b.repeats):
         if device.type == "cuda":

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import check_choice
+from .checks import check_choice
 
 METHODS = ("layercam", "gradcam")
 OBJECTIVES = ("gt_logit", "pred_logit", "ce")

@@ -3,77 +3,36 @@
 Every knob of the pipeline is a field below; ``params.yaml`` writes each one out. Bad values fail
 here, before any data is loaded or any model is built, with a :class:`ConfigError` that names the
 bad value and the valid choices.
+
+Imports point one way: this module depends on the registries it validates against (datasets,
+models, mixers, scores, OOD sets, corruptions, distillation options, the contrastive track's
+config) and on the leaf :mod:`gradmix.checks`; none of them imports this module.
 """
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from .checks import ConfigError, build, check_choice, check_range
+from .contrastive.config import ContrastiveConfig
+from .corruption import CIFAR10C_CORRUPTIONS, CORRUPTIONS
+from .data import DATASETS
+from .distill import distill_options
+from .inheritance import read_params
+from .mixing import MIXERS
+from .models import MODELS
+from .ood import OOD_SETS
+from .scores import SCORES
+from .splits import OSR_SPLITS
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names it and the valid choices."""
-
-
-def check_choice(where: str, value: Any, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{where}: unknown value {value!r}; valid choices: {sorted(choices)}")
-
-
-def check_range(where: str, value, low=None, high=None, *, low_open=False) -> None:
-    ok = True
-    if low is not None:
-        ok = value > low if low_open else value >= low
-    if high is not None:
-        ok = ok and value <= high
-    if not ok:
-        lo = "(" if low_open else "["
-        raise ConfigError(f"{where}: {value!r} is out of range; valid: {lo}{low}, {high}]")
-
-
-def _coerce(where: str, value: Any, typ: Any) -> Any:
-    """Check ``value`` against a simple annotation (bool, int, float, str, tuple[...])."""
-    origin = typing.get_origin(typ)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (inner, *_rest) = typing.get_args(typ)
-        return tuple(_coerce(f"{where}[{i}]", v, inner) for i, v in enumerate(value))
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if typ is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def build(cls, values: Mapping[str, Any] | None, where: str):
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError."""
-    values = {} if values is None else values
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {names}")
-    kwargs = {k: _coerce(f"{where}.{k}", v, hints[k]) for k, v in values.items()}
-    return cls(**kwargs)
+__all__ = ["ConfigError", "build", "check_choice", "check_range", "Config", "DataConfig", "ModelConfig",
+           "TrainConfig", "MethodConfig", "EvalConfig", "BenchConfig", "OODConfig", "CorruptionConfig",
+           "ProfileConfig", "TeacherConfig", "SECTIONS", "from_dict", "load", "merge", "profile_names",
+           "apply_profile", "apply_smoke", "replace"]
 
 
 @dataclass(frozen=True)
@@ -100,8 +59,6 @@ class DataConfig:
     mirror: str = ""                # base URL that replaces the official hosts: <mirror>/<file name>
 
     def __post_init__(self):
-        from .data import DATASETS  # late import: data depends on config
-
         check_choice("data.dataset", self.dataset, DATASETS)
         if self.image_size != 0:
             check_range("data.image_size", self.image_size, 4)
@@ -117,8 +74,6 @@ class DataConfig:
         if self.dataset == "imagefolder" and not self.folder:
             raise ConfigError("data.folder: empty; dataset 'imagefolder' needs the folder holding "
                               "train/<class>/* and test/<class>/*")
-        from .splits import OSR_SPLITS
-
         protocol = DATASETS[self.dataset].protocol
         if self.known == "protocol":
             if protocol is None:
@@ -149,8 +104,6 @@ class ModelConfig:
     width: int = 32                 # base channel width of small_cnn (resnet18/vgg32 are fixed)
 
     def __post_init__(self):
-        from .models import MODELS
-
         check_choice("model.name", self.name, MODELS)
         check_range("model.width", self.width, 1)
 
@@ -199,13 +152,11 @@ class MethodConfig:
     mixer: str
     use: str = "replace"            # replace: train on the mixed batch; extra: clean + weighted mixed
     options: Any = None             # the mixer's validated options dataclass
-    kind: str = "ce"                # ce: cross-entropy trainer | distill: student of a teacher (gradmix.distill)
+    kind: str = "ce"                # ce: cross-entropy trainer | distill: student of a teacher (gradmix.teacher)
     distill: Any = None             # kind distill: its validated DistillOptions
 
     @classmethod
     def from_dict(cls, name: str, values: Mapping[str, Any]) -> "MethodConfig":
-        from .mixing import MIXERS
-
         where = f"methods.{name}"
         if not isinstance(values, Mapping) or "mixer" not in values:
             raise ConfigError(f"{where}: needs a 'mixer' key; valid mixers: {sorted(MIXERS)}")
@@ -220,8 +171,6 @@ class MethodConfig:
         distill = values.pop("distill", None)
         check_choice(f"{where}.kind", kind, {"ce", "distill"})
         if kind == "distill":
-            from .distill import distill_options
-
             distill = distill_options(where, mixer, use, distill)
         elif distill is not None:
             raise ConfigError(f"{where}.distill: only a method with kind 'distill' takes distill options")
@@ -241,8 +190,6 @@ class EvalConfig:
     primary_score: str = "mls"      # the score used for figures (ROC, distributions)
 
     def __post_init__(self):
-        from .scores import SCORES
-
         for s in self.scores:
             check_choice("evaluate.scores", s, SCORES)
         check_choice("evaluate.primary_score", self.primary_score, self.scores)
@@ -264,8 +211,6 @@ class BenchConfig:
     device: str = "auto"
 
     def __post_init__(self):
-        from .models import MODELS
-
         check_choice("bench.model", self.model, MODELS)
         for key in ("width", "image_size", "channels", "batch_size", "repeats"):
             check_range(f"bench.{key}", getattr(self, key), 1)
@@ -286,9 +231,6 @@ class OODConfig:
     seed: int = 0
 
     def __post_init__(self):
-        from .ood import OOD_SETS
-        from .scores import SCORES
-
         for s in self.near + self.far:
             check_choice("ood.near/far", s, OOD_SETS)
         if set(self.near) & set(self.far):
@@ -312,8 +254,6 @@ class CorruptionConfig:
     seed: int = 0
 
     def __post_init__(self):
-        from .corruption import CIFAR10C_CORRUPTIONS, CORRUPTIONS
-
         check_choice("corruption.source", self.source, {"on_the_fly", "cifar10c"})
         valid = CORRUPTIONS if self.source == "on_the_fly" else CIFAR10C_CORRUPTIONS
         for c in self.corruptions:
@@ -335,7 +275,7 @@ class ProfileConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """The teacher of the distilled students (gradmix.distill); it trains with the ``train`` recipe."""
+    """The teacher of the distilled students (gradmix.teacher); it trains with the ``train`` recipe."""
 
     name: str = "small_cnn"         # small_cnn | resnet18 | vgg32
     width: int = 32                 # small_cnn base width
@@ -437,6 +377,10 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     )
     for m in cfg.bench.methods:
         check_choice("bench.methods", m, methods)
+    shared = sorted(set(methods) & set(cfg.contrastive.methods if cfg.contrastive is not None else ()))
+    if shared:
+        raise ConfigError(f"methods and contrastive.methods both define {shared}: a name selects its trainer "
+                          f"(gradmix.trainers) and its folder runs/<name>/; rename one of them")
     apply_smoke(cfg)  # validate the smoke overrides now, not when a notebook first needs them
     return cfg
 
@@ -445,8 +389,6 @@ def _contrastive(raw):
     """The optional ``contrastive`` section (gradmix.contrastive.ContrastiveConfig), or None if absent."""
     if raw is None:
         return None
-    from .contrastive import ContrastiveConfig  # late import: contrastive depends on config
-
     return ContrastiveConfig.from_dict(raw)
 
 
@@ -458,10 +400,7 @@ def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path.resolve()}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"params file {path} is not valid YAML: {e}") from None
+    raw = read_params(path.read_text(), str(path))     # YAML, with method inheritance (<<: *base) checked
     raw = dict(raw or {})
     if profile is not None:
         raw["profile"] = {**(raw.get("profile") or {}), "name": profile}
@@ -501,10 +440,7 @@ def apply_profile(raw: Mapping[str, Any], base_dir: str | Path = ".") -> dict:
         if prof.name == "default":
             return dict(raw)
         raise ConfigError(f"profile.file: {path} not found (profile.name={prof.name!r})")
-    try:
-        profiles = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"profile file {path} is not valid YAML: {e}") from None
+    profiles = read_params(path.read_text(), str(path)) or {}
     if not isinstance(profiles, Mapping):
         raise ConfigError(f"profile file {path}: expected a mapping name -> overrides")
     if prof.name not in profiles:

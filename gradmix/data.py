@@ -15,12 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, DataConfig
+from .checks import ConfigError  # "DataConfig" below: gradmix.config.DataConfig (config imports this module)
 from .datasets import DATASETS_EXTRA, DatasetInfo, RawDataset  # noqa: F401  (re-exported)
 from .splits import OSR_SPLITS, known_classes
 
 
-def _load_digits(cfg: DataConfig) -> RawDataset:
+def _load_digits(cfg: "DataConfig") -> RawDataset:
     """scikit-learn's bundled digits (1,797 images, 8x8, values 0..16), stratified train/test split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -86,7 +86,7 @@ def _resize(x: np.ndarray, size: int) -> torch.Tensor:
     return t
 
 
-def open_set_classes(cfg: DataConfig, info: DatasetInfo, raw: RawDataset,
+def open_set_classes(cfg: "DataConfig", info: DatasetInfo, raw: RawDataset,
                      split: int) -> tuple[list[int], list[int] | None]:
     """(known class ids, unknown class ids or None = every other class) of ``split``, by ``data.known``.
 
@@ -129,7 +129,7 @@ def open_set_classes(cfg: DataConfig, info: DatasetInfo, raw: RawDataset,
     return known, None
 
 
-def load_openset(cfg: DataConfig, split: int, device: torch.device | str = "cpu") -> OpenSetData:
+def load_openset(cfg: "DataConfig", split: int, device: torch.device | str = "cpu") -> OpenSetData:
     """Build split ``split`` of ``cfg.dataset``: known-class train set, known and unknown test sets.
 
     Downloads (once, verified) what the dataset needs. Images are resized to ``data.image_size``

@@ -337,32 +337,3 @@ def resources_of(dataset: str) -> tuple[str, ...]:
 OOD_RESOURCES = {"cifar100": ("cifar100",), "tinyimagenet": ("tinyimagenet",),
                  "mnist": tuple(f"mnist/{n}" for n in MNIST_FILES), "svhn": ("svhn/test",),
                  "dtd": ("dtd",), "places365": ("places365/val_256",)}
-
-
-def needed_resources(cfg) -> list[str]:
-    """Keys of :data:`RESOURCES` that a validated Config needs: its dataset, OOD sets and CIFAR-10-C."""
-    keys = list(resources_of(cfg.data.dataset))
-    for s in cfg.ood.near + cfg.ood.far:
-        keys += OOD_RESOURCES.get(s, ())
-    if cfg.corruption.source == "cifar10c" and cfg.corruption.corruptions:
-        keys.append("cifar10c")
-    return list(dict.fromkeys(keys))
-
-
-def prepare(cfg, progress: bool = True) -> list[Path]:
-    """Download, verify and prepare everything ``cfg`` needs (idempotent); return the verified archives."""
-    import torch
-
-    from .corruption import cifar10c
-    from .ood import ood_set
-
-    paths = [download(k, cfg.data, progress) for k in needed_resources(cfg)]
-    if cfg.data.dataset in DATASETS_EXTRA and cfg.data.dataset != "imagefolder":
-        DATASETS_EXTRA[cfg.data.dataset].load(cfg.data)          # extract and cache
-    size = cfg.data.image_size or DATASETS_EXTRA.get(cfg.data.dataset, DATASETS_EXTRA["cifar10"]).native_size or 32
-    for s in cfg.ood.near + cfg.ood.far:
-        if s in OOD_RESOURCES:
-            ood_set(s, cfg.data, cfg.ood, torch.zeros(1, 3, size, size))
-    if cfg.corruption.source == "cifar10c" and cfg.corruption.corruptions:
-        cifar10c(cfg.data, cfg.corruption.corruptions[0], 1)
-    return paths

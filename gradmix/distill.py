@@ -1,14 +1,13 @@
 """Asymmetric distillation (Jia, Kong, Tang, Gao, Dong, Yang; IJCAI 2024, arXiv 2404.19527; official
 22222222z/Asymmetric-Distillation ``train_kd_eval_openset.py: train_kd``, ``my_loss_function.py``,
-``augmentation_train.py``; shared/research/methods.md §5).
+``augmentation_train.py``): the student's options and losses.
 
-A *teacher* is trained with cross-entropy on the raw (unmixed) images of the known classes: an
-ERM run of :func:`gradmix.train.train_run` with the model of params.yaml ``teacher`` and the
-``train`` recipe, one per split and seed, written by the ``teacher`` pipeline stage to
-``teacher.dir/split<k>-seed<s>`` (default ``runs/teacher``). A *student* (a method with ``kind: distill``) loads the teacher of
-its split and seed from that checkpoint (the released code never loads it: its
-``load_checkpoint`` line is commented out), freezes it (eval mode, no gradients) and trains with,
-per batch x, y (z_S student logits, z_T teacher logits on the raw batch):
+A *teacher* is trained with cross-entropy on the raw (unmixed) images of the known classes, one
+per split and seed (:mod:`gradmix.teacher`, which also wires the student into the cross-entropy
+trainer). A *student* (a method with ``kind: distill``) loads the teacher of its split and seed
+from that checkpoint (the released code never loads it: its ``load_checkpoint`` line is commented
+out), freezes it (eval mode, no gradients) and trains with, per batch x, y (z_S student logits,
+z_T teacher logits on the raw batch):
 
 * clean batch: α·CE(z_S(x), y) + DIST(z_S(x), z_T(x))   (official ``loss_DIST``; DIST = :func:`dist_loss`);
 * mixed batch (the student's mixer, CutMix or Mixup, fires: official ``random() > 0.5``, here the
@@ -32,18 +31,14 @@ Open-set scoring is the maximum logit (MLS), the pipeline's ``evaluate.primary_s
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import tempfile
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from .config import Config, ConfigError, MethodConfig, build, check_choice, check_range
+from .checks import ConfigError, build, check_choice, check_range
 from .losses import dist_loss, soft_cross_entropy
 
 STUDENT_MIXERS = ("none", "cutmix", "mixup")   # mixers whose Mixed reports the partner (official: --cutmix | --mixup)
@@ -132,106 +127,9 @@ def distillation_loss(student: nn.Module, teacher: nn.Module, mixer, o: DistillO
     return clean + mixed_loss(z_s_mixed, z_t, z_t_mixed, y, mixed.partner, mixed.lam, mixed.target, o)
 
 
-# --- teachers -----------------------------------------------------------------------------------
-
 def freeze(model: nn.Module) -> nn.Module:
     """Eval mode and ``requires_grad=False`` on every parameter; returns the model."""
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
-
-
-def teacher_config(cfg: Config) -> Config:
-    """``cfg`` with the teacher's model and an ERM method named ``teacher``."""
-    from .mixing import NoOptions
-
-    if "teacher" in cfg.methods:
-        raise ConfigError("methods.teacher: the name 'teacher' is reserved for the distillation teacher")
-    method = MethodConfig(name="teacher", mixer="none", use="replace", options=NoOptions())
-    return dataclasses.replace(cfg, model=cfg.teacher.model, methods={**cfg.methods, "teacher": method})
-
-
-def teacher_dir(cfg: Config, split: int, seed: int) -> Path:
-    from .train import run_name
-
-    return Path(cfg.teacher.dir) / run_name(split, seed)
-
-
-def train_teacher(cfg: Config, split: int, seed: int, out_dir: str | Path, data=None) -> Path:
-    """Train the teacher of ``split`` and ``seed`` (CE on raw images) into the run directory ``out_dir``."""
-    from .train import train_run
-
-    return train_run(teacher_config(cfg), "teacher", split, seed, out_dir, data)
-
-
-def train_teachers(cfg: Config, out_root: str | Path | None = None) -> list[Path]:
-    """Train the teachers of every split and seed into ``out_root`` (default ``cfg.teacher.dir``)."""
-    from .data import load_openset
-    from .train import resolve_device, run_name
-
-    out_root = Path(out_root or cfg.teacher.dir)
-    if not str(out_root) or str(out_root) == ".":
-        raise ConfigError("teacher.dir: empty; name the folder the teacher runs go to")
-    device = resolve_device(cfg.train.device)
-    out = []
-    for split in cfg.data.splits:
-        data = load_openset(cfg.data, split, device)
-        for seed in cfg.train.seeds:
-            out.append(train_teacher(cfg, split, seed, out_root / run_name(split, seed), data))
-    return out
-
-
-def check_teachers(cfg: Config) -> None:
-    """Fail before training if ``teacher.dir`` lacks a finished teacher run of some split and seed."""
-    if not cfg.teacher.dir:
-        return
-    missing = [str(teacher_dir(cfg, s, k)) for s in cfg.data.splits for k in cfg.train.seeds
-               if not (teacher_dir(cfg, s, k) / "model.pt").is_file()]
-    if missing:
-        raise FileNotFoundError(f"no trained teacher in {missing}: run the teacher stage first "
-                                f"(`dvc repro teacher`, or gradmix.distill.train_teachers(cfg))")
-
-
-def load_teacher(cfg: Config, split: int, seed: int, data, device) -> nn.Module:
-    """The frozen teacher of ``split`` and ``seed``, loaded from its checkpoint and checked against
-    the student's data: same dataset, image size and known classes. With ``teacher.dir: ""`` it is
-    first trained into a temporary folder (smoke runs)."""
-    from .train import load_model
-
-    if cfg.teacher.dir:
-        path = teacher_dir(cfg, split, seed)
-    else:
-        path = train_teacher(cfg, split, seed, Path(tempfile.mkdtemp(prefix="gradmix-teacher-")) / "run", data)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no trained teacher at {path}: run the teacher stage first "
-                                f"(`dvc repro teacher`, or gradmix.distill.train_teachers(cfg))")
-    info = json.loads((path / "config.json").read_text())
-    theirs, ours = info["data"], dataclasses.asdict(cfg.data)
-    for key in ("dataset", "image_size", "test_fraction", "split_seed", "max_train"):
-        if theirs.get(key) != ours[key]:
-            raise ValueError(f"teacher {path} was trained with data.{key}={theirs.get(key)!r}, the student "
-                             f"uses {ours[key]!r}: retrain the teachers (`dvc repro teacher`)")
-    if info["run"]["known_classes"] != list(data.known):
-        raise ValueError(f"teacher {path} knows classes {info['run']['known_classes']}, split {split} "
-                         f"has {list(data.known)}")
-    return freeze(load_model(path, device))
-
-
-def student_loss(cfg: Config, method: MethodConfig, student: nn.Module, mixer, data, split: int, seed: int,
-                 device):
-    """The per-batch loss of a ``kind: distill`` method, with its teacher loaded and frozen
-    (the hook :func:`gradmix.train.train_run` calls)."""
-    teacher = load_teacher(cfg, split, seed, data, device)
-    return partial(distillation_loss, student, teacher, mixer, method.distill)
-
-
-def benchmark_loss(cfg: Config, method: MethodConfig, student: nn.Module, mixer, in_channels: int,
-                   num_classes: int, device="cpu"):
-    """A ``kind: distill`` method's per-batch loss with a freshly initialised, frozen teacher of the
-    configured architecture: for step-time benchmarks (bench/bench.py), where no trained teacher
-    exists. A step costs the same as with the trained teacher; never use it to train."""
-    from .models import build_model
-
-    teacher = freeze(build_model(cfg.teacher.model, in_channels, num_classes).to(device))
-    return partial(distillation_loss, student, teacher, mixer, method.distill)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import check_choice, check_range
+from .checks import check_choice, check_range
 
 FEATURES = ("backbone", "head")
 

@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .config import ConfigError, ModelConfig
+from .checks import ConfigError
 
 
 class Classifier(nn.Module):
@@ -107,8 +107,24 @@ class VGG32(Classifier):
 MODELS = {"small_cnn": SmallCNN, "resnet18": ResNet18, "vgg32": VGG32}
 
 
-def build_model(cfg: ModelConfig, in_channels: int, num_classes: int) -> Classifier:
-    """Build ``cfg.name`` for ``in_channels``-channel images and ``num_classes`` known classes."""
+def register_model(name: str, build, *, replace: bool = False) -> None:
+    """Add model ``name`` to :data:`MODELS`, so that params.yaml's ``model.name`` (and
+    ``teacher.name``, ``contrastive.train.encoder``) can select it.
+
+    ``build(in_channels, num_classes)`` returns a :class:`Classifier` (docs/extending.md: what
+    attribution needs from it). Raises ValueError if ``name`` is taken (unless ``replace``) and
+    TypeError if ``build`` is not callable.
+    """
+    if name in MODELS and not replace:
+        raise ValueError(f"model {name!r} is already registered; pass replace=True to override it")
+    if not callable(build):
+        raise TypeError(f"model {name!r}: build must be callable, got {build!r}")
+    MODELS[name] = build
+
+
+def build_model(cfg: "ModelConfig", in_channels: int, num_classes: int) -> Classifier:
+    """Build ``cfg.name`` (a :class:`gradmix.config.ModelConfig`: ``name``, ``width``) for ``in_channels``-channel
+    images and ``num_classes`` known classes."""
     if cfg.name == "small_cnn":
         return SmallCNN(in_channels, num_classes, cfg.width)
     return MODELS[cfg.name](in_channels, num_classes)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, check_choice, check_range
+from .checks import ConfigError, check_choice, check_range
 from .data import batches
 from .knn import FEATURES
 

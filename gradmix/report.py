@@ -222,7 +222,8 @@ def gallery_from_run(run_dir, n: int = 6, options=None, seed: int = 0, device="c
     x, y = data.x_known[idx], data.y_known[idx]
     gen = torch.Generator(device=device).manual_seed(seed)
     if contrastive:
-        from .contrastive import explain as explain_contrastive, explain_method, load_net
+        from .contrastive import explain as explain_contrastive, explain_method
+        from .contrastive.runs import load_net
 
         method = dataclasses.replace(explain_method(cfg.contrastive, info["method"], options.stages),
                                      options=dataclasses.replace(options, prob=1.0))

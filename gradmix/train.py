@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .config import Config, ConfigError, MethodConfig, TrainConfig
+from .checks import ConfigError, build
+from .config import Config, MethodConfig, ModelConfig, TrainConfig
 from .data import OpenSetData, augment, batches, load_openset
 from .losses import soft_cross_entropy
 from .metrics import auroc, accuracy
@@ -127,9 +128,18 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> t
 
 
 def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Path,
-              data: OpenSetData | None = None) -> Path:
-    """Train ``method`` on ``split`` with ``seed``; write the run directory ``out_dir`` and return it."""
+              data: OpenSetData | None = None, loss=None) -> Path:
+    """Train ``method`` on ``split`` with ``seed``; write the run directory ``out_dir`` and return it.
+
+    ``loss`` (default: :func:`training_loss` with the method's mixer and ``use``) is a factory
+    ``loss(model, mixer, data, split, seed, device)``, called once after the model is built, that
+    returns the per-batch loss ``f(x, y, num_classes, generator, label_smoothing)`` (a scalar tensor).
+    A method of another kind than ``ce`` brings its own (:mod:`gradmix.trainers` passes it).
+    """
     m = cfg.method(method)
+    if loss is None and m.kind != "ce":
+        raise ConfigError(f"methods.{method}: kind {m.kind!r} trains with its own loss; train it with "
+                          f"gradmix.trainers.train_run or train_method")
     t = cfg.train
     device = resolve_device(t.device)
     data = data if data is not None else load_openset(cfg.data, split, device)
@@ -137,10 +147,8 @@ def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Pa
     model = build_model(cfg.model, data.x_train.shape[1], data.num_classes).to(device)
     check_method(m, model)
     mixer = make_mixer(m.mixer, m.options)
-    loss_fn = partial(training_loss, model, mixer, m.use)
-    if m.kind == "distill":                                  # a student of its split's teacher
-        from .distill import student_loss
-        loss_fn = student_loss(cfg, m, model, mixer, data, split, seed, device)
+    loss_fn = (partial(training_loss, model, mixer, m.use) if loss is None
+               else loss(model, mixer, data, split, seed, device))
     n = len(data.x_train)
     steps = max(1, n // t.batch_size) if n > t.batch_size else 1
     opt = make_optimizer(model, t)
@@ -202,14 +210,6 @@ def _write_run(d: Path, cfg: Config, m: MethodConfig, split: int, seed: int, dev
              known=np.asarray(data.known))
 
 
-def train_method(cfg: Config, method: str, out_root: str | Path) -> list[Path]:
-    """Train ``method`` on every split and seed of ``cfg``; runs go to ``out_root/<method>/<split>-<seed>``."""
-    if cfg.method(method).kind == "distill":
-        from .distill import check_teachers
-        check_teachers(cfg)
-    return every_run(cfg, method, out_root, train_run)
-
-
 def every_run(cfg: Config, method: str, out_root: str | Path, run_fn) -> list[Path]:
     """``run_fn(cfg, method, split, seed, out_root/<method>/<split>-<seed>, data)`` for every split and
     seed of ``cfg``, loading each split once."""
@@ -224,8 +224,6 @@ def every_run(cfg: Config, method: str, out_root: str | Path, run_fn) -> list[Pa
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
     """Rebuild the trained model of a run directory; a missing or corrupt checkpoint fails clearly."""
-    from .config import ModelConfig, build
-
     path = Path(run_dir) / "model.pt"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: is {run_dir} a finished run directory "
@@ -238,12 +236,3 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Class
     except (RuntimeError, KeyError, EOFError, ValueError, OSError, pickle.UnpicklingError) as e:
         raise ValueError(f"corrupt or incompatible checkpoint {path}: {type(e).__name__}: {e}") from None
     return model.to(device).eval()
-
-
-def train_methods(cfg: Config, methods, out_root: str | Path) -> Path:
-    """Train each of ``methods`` on every split and seed into ``out_root``; returns ``out_root``."""
-    for m in methods:                      # validate every name before the first run starts
-        cfg.method(m)
-    for m in methods:
-        train_method(cfg, m, out_root)
-    return Path(out_root)

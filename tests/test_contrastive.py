@@ -10,7 +10,8 @@ import torch
 import yaml
 from torch import nn
 
-from gradmix import config, contrastive, evaluate, report, train
+from gradmix import config, contrastive, evaluate, report, train, trainers
+from gradmix.contrastive import runs
 from gradmix.config import ConfigError
 from gradmix.contrastive import (ContrastiveMethod, ContrastiveNet, ContrastiveTrainConfig, ViewConfig,
                                  extra_view, loss_from_views, ntxent, supcon_loss)
@@ -279,7 +280,7 @@ def test_override_and_missing_section(params):
     bare = config.from_dict(r)
     assert bare.contrastive is None and "contrastive" not in bare.to_dict()
     with pytest.raises(ConfigError, match="no 'contrastive' section"):
-        contrastive.train_method(bare, "supcon_none", "/nonexistent")
+        trainers.train_method(bare, "supcon_none", "/nonexistent")
 
 
 def test_unknown_stage_fails_before_training(params, tmp_path):
@@ -287,7 +288,7 @@ def test_unknown_stage_fails_before_training(params, tmp_path):
     bad["contrastive"]["methods"]["supcon_gradmix"]["options"]["stages"] = ["layer4"]
     cfg = config.from_dict(bad)
     with pytest.raises(ConfigError, match="'layer4'.*stage1"):
-        contrastive.train_methods(cfg, ["supcon_none", "supcon_gradmix"], tmp_path)
+        trainers.train_methods(cfg, ["supcon_none", "supcon_gradmix"], tmp_path)
     assert not any(tmp_path.iterdir())
 
 
@@ -300,7 +301,7 @@ def tiny(params):
 
 
 def test_run_directory_contract_and_evaluation(tiny, tmp_path):
-    d = contrastive.train_run(tiny, "supcon_gradmix", 0, 0, tmp_path / "supcon_gradmix" / "split0-seed0")
+    d = runs.train_run(tiny, "supcon_gradmix", 0, 0, tmp_path / "supcon_gradmix" / "split0-seed0")
     assert sorted(p.name for p in d.iterdir()) == sorted(train.RUN_FILES)
     info = json.loads((d / "config.json").read_text())["run"]
     assert (info["method"], info["track"], info["split"]) == ("supcon_gradmix", "contrastive", 0)
@@ -310,7 +311,7 @@ def test_run_directory_contract_and_evaluation(tiny, tmp_path):
     cfg, _ = evaluate.run_config(d)
     from gradmix.data import load_openset
     data = load_openset(cfg.data, 0)
-    again = contrastive.evaluate_net(contrastive.load_net(d), data, cfg.contrastive, 0)
+    again = runs.evaluate_net(runs.load_net(d), data, cfg.contrastive, 0)
     assert np.allclose(again["score_knn_known"], z["score_knn_known"], atol=1e-5)
     assert again["metric_probe_accuracy"] == pytest.approx(float(z["metric_probe_accuracy"]), abs=1e-6)
     assert isinstance(train.load_model(d), SmallCNN)     # the encoder loads like a cross-entropy model
@@ -322,9 +323,9 @@ def test_run_directory_contract_and_evaluation(tiny, tmp_path):
 
 
 def test_same_seed_same_run(tiny, tmp_path):
-    a = contrastive.train_run(tiny, "simclr_gradmix", 1, 3, tmp_path / "a")
-    b = contrastive.train_run(tiny, "simclr_gradmix", 1, 3, tmp_path / "b")
-    c = contrastive.train_run(tiny, "simclr_gradmix", 1, 4, tmp_path / "c")
+    a = runs.train_run(tiny, "simclr_gradmix", 1, 3, tmp_path / "a")
+    b = runs.train_run(tiny, "simclr_gradmix", 1, 3, tmp_path / "b")
+    c = runs.train_run(tiny, "simclr_gradmix", 1, 4, tmp_path / "c")
     za, zb, zc = (np.load(d / "scores.npz") for d in (a, b, c))
     assert np.array_equal(za["score_knn_known"], zb["score_knn_known"])
     assert not np.array_equal(za["score_knn_known"], zc["score_knn_known"])
@@ -332,7 +333,7 @@ def test_same_seed_same_run(tiny, tmp_path):
 
 def test_tracks_side_by_side_in_metrics_and_tables(tiny, tmp_path):
     train.train_run(tiny, "erm", 0, 0, tmp_path / "erm" / "split0-seed0")
-    contrastive.train_run(tiny, "supcon_none", 0, 0, tmp_path / "supcon_none" / "split0-seed0")
+    runs.train_run(tiny, "supcon_none", 0, 0, tmp_path / "supcon_none" / "split0-seed0")
     summary = evaluate.evaluate(tmp_path, tmp_path / "out", ["erm", "supcon_none"])
     rows = json.loads((tmp_path / "out" / "metrics.json").read_text())["digits"]
     assert rows == summary["digits"]

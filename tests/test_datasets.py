@@ -9,6 +9,7 @@ import archives as A
 from gradmix import config, data, datasets
 from gradmix.config import ConfigError, DataConfig
 from gradmix.download import Resource
+from gradmix.prepare import prepare
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_prepared_data_is_not_fetched_again(served, root):
     data.load_openset(cfg, 0)
     before = len(served["server"].log)
     data.load_openset(cfg, 2)
-    datasets.prepare(config.from_dict({"data": dataclasses.asdict(cfg)}), progress=False)
+    prepare(config.from_dict({"data": dataclasses.asdict(cfg)}), progress=False)
     assert len(served["server"].log) == before
 
 
@@ -127,7 +128,7 @@ def test_paper_ood_sets_and_cifar10c(served, root):
                             "ood": {"near": ["cifar100", "tinyimagenet"], "far": ["mnist", "svhn", "dtd", "places365"],
                                     "places365_subset": 5},
                             "corruption": {"source": "cifar10c", "corruptions": ["gaussian_noise", "contrast"]}})
-    datasets.prepare(cfg, progress=False)
+    prepare(cfg, progress=False)
     ident = torch.zeros(1, 3, 32, 32)
     sizes = {s: ood_set(s, cfg.data, cfg.ood, ident).shape for s in cfg.ood.near + cfg.ood.far}
     assert sizes == {"cifar100": (200, 3, 32, 32), "tinyimagenet": (200, 3, 32, 32), "mnist": (40, 3, 32, 32),

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from gradmix import config, distill, train
+from gradmix import config, distill, teacher, train, trainers
 from gradmix.config import ConfigError
 from gradmix.losses import dist_loss
 from gradmix.mixing import CutMixOptions, MixupOptions, make_mixer
@@ -145,11 +145,11 @@ def test_teacher_is_really_loaded_and_checked(smoke, tmp_path):
 
     cfg = config.replace(smoke, teacher={"dir": str(tmp_path / "teachers"), "width": 4})
     with pytest.raises(FileNotFoundError, match="no trained teacher"):
-        distill.check_teachers(cfg)
-    (d,) = distill.train_teachers(cfg)
+        teacher.check_teachers(cfg)
+    (d,) = teacher.train_teachers(cfg)
     assert d == tmp_path / "teachers" / "split0-seed0"
     data = load_openset(cfg.data, 0)
-    t = distill.load_teacher(cfg, 0, 0, data, "cpu")
+    t = teacher.load_teacher(cfg, 0, 0, data, "cpu")
     saved = torch.load(d / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(saved[k], v) for k, v in t.state_dict().items())
     z = np.load(d / "scores.npz")["logits_known"]
@@ -158,19 +158,19 @@ def test_teacher_is_really_loaded_and_checked(smoke, tmp_path):
     assert not torch.equal(fresh.fc.weight, t.fc.weight)
     # another split's known classes, or other data settings, are refused
     with pytest.raises(ValueError, match="knows classes"):
-        distill.load_teacher(cfg, 0, 0, load_openset(cfg.data, 1), "cpu")
+        teacher.load_teacher(cfg, 0, 0, load_openset(cfg.data, 1), "cpu")
     other = config.replace(cfg, data={"image_size": 16})
     with pytest.raises(ValueError, match="image_size"):
-        distill.load_teacher(other, 0, 0, load_openset(other.data, 0), "cpu")
+        teacher.load_teacher(other, 0, 0, load_openset(other.data, 0), "cpu")
 
 
 def test_student_trains_end_to_end_and_fails_fast_without_teacher(smoke, tmp_path):
     cfg = config.replace(smoke, teacher={"dir": str(tmp_path / "missing")})
     with pytest.raises(FileNotFoundError, match="missing"):
-        train.train_method(cfg, "asymkd", tmp_path / "runs")
+        trainers.train_method(cfg, "asymkd", tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
     cfg = config.replace(smoke, teacher={"dir": "", "width": 4})     # teacher trained on demand
-    (d,) = train.train_method(cfg, "asymkd", tmp_path / "runs")
+    (d,) = trainers.train_method(cfg, "asymkd", tmp_path / "runs")
     assert sorted(p.name for p in d.iterdir()) == sorted(train.RUN_FILES)
     assert np.isfinite(np.load(d / "scores.npz")["logits_unknown"]).all()
 
@@ -217,10 +217,10 @@ def test_benchmark_loss_times_the_real_step(smoke):
     """bench/bench.py's hook: the same loss with an untrained frozen teacher of the configured model."""
     m = smoke.method("asymkd")
     student = SmallCNN(1, 6, width=4)
-    fn = distill.benchmark_loss(smoke, m, student, make_mixer(m.mixer, m.options), 1, 6)
-    teacher = fn.args[1]
-    assert fn.func is distill.distillation_loss and not teacher.training
-    assert teacher.fc.in_features == 4 * smoke.teacher.width
+    fn = teacher.benchmark_loss(smoke, m, student, make_mixer(m.mixer, m.options), 1, 6)
+    frozen = fn.args[1]
+    assert fn.func is distill.distillation_loss and not frozen.training
+    assert frozen.fc.in_features == 4 * smoke.teacher.width
     loss = fn(torch.randn(8, 1, 8, 8), torch.arange(8) % 6, 6, torch.Generator().manual_seed(0))
     loss.backward()
-    assert torch.isfinite(loss) and all(p.grad is None for p in teacher.parameters())
+    assert torch.isfinite(loss) and all(p.grad is None for p in frozen.parameters())

@@ -1,33 +1,18 @@
-"""Bring your own data: an ImageFolder tree built here goes through the pipeline's steps unchanged."""
+"""Bring your own data: the ImageFolder tree of examples/imagefolder.py goes through the pipeline's steps unchanged."""
 import json
+import runpy
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
-from gradmix import config, data, evaluate, report, robustness, train
+from gradmix import config, data, evaluate, report, robustness, trainers
 from gradmix.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ["cat", "dog", "fox", "owl", "yak"]
-
-
-def build_tree(root: Path, n_train=10, n_test=6, grey=False) -> Path:
-    """train/<class>/*.png and test/<class>/*.png: 20x14 noise images with a bright vertical bar whose
-    column codes the class (inside the central 14x14 crop that a computed resolution of 14 keeps)."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("test", n_test)):
-        for k, c in enumerate(CLASSES):
-            (root / split / c).mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (14, 20, 3), dtype=np.uint8)
-                img[:, 3 + 3 * k:5 + 3 * k] = 230
-                im = Image.fromarray(img[..., 0] if grey else img)
-                im.save(root / split / c / f"{c}_{i}.png")
-    return root
+EXAMPLE = runpy.run_path(str(ROOT / "examples" / "imagefolder.py"))   # the users' entry point builds the tree
+CLASSES, build_tree = list(EXAMPLE["CLASSES"]), EXAMPLE["build_tree"]
 
 
 def params(tmp_path: Path, folder: Path, **data_overrides) -> Path:
@@ -53,7 +38,7 @@ def test_imagefolder_through_train_evaluate_figures_tables(tmp_path):
     assert data.load_openset(cfg.data, 1).known != d0.known       # each split index is its own seeded draw
     assert len(d0.x_known) == len(d0.x_unknown) == 12             # 2 unknown classes x 6, balanced
 
-    runs = train.train_methods(cfg, methods, tmp_path / "runs")
+    runs = trainers.train_methods(cfg, methods, tmp_path / "runs")
     results = tmp_path / "results"
     summary = evaluate.evaluate(runs, results, methods, cfg.evaluate.scores)
     assert list(summary) == ["imagefolder"] and list(summary["imagefolder"]) == methods

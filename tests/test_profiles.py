@@ -115,7 +115,7 @@ def test_data_dvc_tracks_the_data_folder_coherently(tmp_path, monkeypatch, capsy
         items = [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", []) + stage.get("outs", [])]
         assert not any(p == "data" or p.startswith("data/") for p in items), name
     # offline, the fetch command for the embedded default downloads nothing and writes data/README.md
-    from gradmix.download import main
+    from gradmix.prepare import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["--params", str(ROOT / "params.yaml"), "--profile", "default"]) == 0

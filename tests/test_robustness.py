@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import archives as A
-from gradmix import config, corruption as C, datasets, ood, robustness, train
+from gradmix import config, corruption as C, datasets, ood, robustness, train, trainers
 from gradmix.download import Resource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ def smoke_cfg():
 @pytest.fixture(scope="module")
 def runs(smoke_cfg, tmp_path_factory):
     """Smoke runs (1 epoch, 192 images) of two methods on the embedded digits, split 0."""
-    return train.train_methods(smoke_cfg, ["erm", "gradmix"], tmp_path_factory.mktemp("runs"))
+    return trainers.train_methods(smoke_cfg, ["erm", "gradmix"], tmp_path_factory.mktemp("runs"))
 
 
 def test_every_corruption_keeps_shape_range_and_is_seeded():
@@ -118,7 +118,7 @@ def test_cifar10c_evaluation_end_to_end(tmp_path, smoke_cfg):
                            splits=[0], image_size=0, max_train=0)
         raw["corruption"].update(source="cifar10c", corruptions=["contrast"], severities=[1, 5], max_images=0)
         cfg = config.from_dict(raw)
-        root = train.train_methods(cfg, ["erm"], tmp_path / "runs")
+        root = trainers.train_methods(cfg, ["erm"], tmp_path / "runs")
         c = robustness.evaluate_corruption(robustness.find_runs(root), cfg.corruption, "cpu")
         row = c.iloc[0]
         assert row["contrast/s1"] == row["clean"]                   # severity 1 rows = the clean test set

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradmix import config, evaluate, train
+from gradmix import config, evaluate, train, trainers
 from gradmix.mixing.boxes import Mixed
 
 
@@ -94,5 +94,5 @@ def test_bad_checkpoint_and_run_dirs_fail_clearly(tiny, tmp_path):
 
 def test_train_methods_validates_every_name_first(tiny, tmp_path):
     with pytest.raises(config.ConfigError, match="unknown method 'nope'"):
-        train.train_methods(tiny, ["erm", "nope"], tmp_path)
+        trainers.train_methods(tiny, ["erm", "nope"], tmp_path)
     assert not any(tmp_path.iterdir())

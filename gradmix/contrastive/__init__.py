@@ -29,18 +29,22 @@ Choices where the sources are silent or impractical on a CPU, all selectable in 
   discrimination on 16x16 digits trivial. Authors: ColorJitter + RandomResizedCrop on CIFAR,
   RandomRotation(±5°) on MNIST.
 * Adam with cosine decay per step from lr to lr·lr_decay_rate³ (authors: per epoch).
-* Evaluation (:func:`evaluate_net`): class-wise kNN (:mod:`gradmix.knn`) and a linear probe
-  (:mod:`gradmix.probe`) on the encoder features of the un-augmented images.
+* Evaluation (:func:`gradmix.contrastive.runs.evaluate_net`): class-wise kNN (:mod:`gradmix.knn`)
+  and a linear probe (:mod:`gradmix.probe`) on the encoder features of the un-augmented images.
+
+Modules: :mod:`~gradmix.contrastive.config` (the ``contrastive`` section of params.yaml),
+:mod:`~gradmix.contrastive.losses`, :mod:`~gradmix.contrastive.views` (views, extra positive, maps)
+and :mod:`~gradmix.contrastive.runs` (training runs, kNN and probe evaluation, ``load_net``). The
+package namespace holds the first three only: :mod:`gradmix.config` imports the track's config, so
+this ``__init__`` must not import ``runs`` (which builds on :mod:`gradmix.train`, which imports
+:mod:`gradmix.config`). Train a contrastive method by name with :mod:`gradmix.trainers`.
 """
 from .config import (OBJECTIVES, VIEWS, ContrastiveConfig, ContrastiveMethod, ContrastiveTrainConfig,
                      ViewConfig)
 from .losses import ntxent, supcon_loss
-from .runs import (TRACK, build_net, check_method, embed, evaluate_net, load_net, train_method, train_methods,
-                   train_run)
 from .views import (ContrastiveNet, attribution_objective, contrastive_maps, explain, explain_method, extra_view,
                     loss_from_views, view)
 
-__all__ = ["OBJECTIVES", "VIEWS", "TRACK", "ContrastiveConfig", "ContrastiveMethod", "ContrastiveTrainConfig",
+__all__ = ["OBJECTIVES", "VIEWS", "ContrastiveConfig", "ContrastiveMethod", "ContrastiveTrainConfig",
            "ViewConfig", "ContrastiveNet", "supcon_loss", "ntxent", "view", "attribution_objective",
-           "contrastive_maps", "extra_view", "loss_from_views", "embed", "evaluate_net", "check_method",
-           "build_net", "train_run", "train_method", "train_methods", "load_net", "explain", "explain_method"]
+           "contrastive_maps", "extra_view", "loss_from_views", "explain", "explain_method"]

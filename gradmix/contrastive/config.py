@@ -11,9 +11,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..config import ConfigError, _coerce, build, check_choice, check_range
+from ..checks import ConfigError, build, check_choice, check_range, coerce
 from ..knn import KnnConfig
 from ..mixing import MIXERS
+from ..models import MODELS
 from ..probe import ProbeConfig
 
 VIEWS = ("none", "aug", "mixup", "cutmix", "gradmix")
@@ -37,8 +38,6 @@ class ContrastiveTrainConfig:
     def __post_init__(self):
         w = "contrastive.train"
         if self.encoder:
-            from ..models import MODELS
-
             check_choice(f"{w}.encoder", self.encoder, MODELS)
         check_range(f"{w}.epochs", self.epochs, 1)
         check_range(f"{w}.batch_size", self.batch_size, 2)
@@ -113,7 +112,7 @@ class ContrastiveMethod:
             options = build(MIXERS[values["view"]].options, raw, f"{where}.options")
         kw = {k: v for k, v in values.items() if k != "options"}
         hints = {"gamma": float, "mu": float, "view": str, "weight": str, "supcon_extra": bool, "objective": str}
-        kw = {k: _coerce(f"{where}.{k}", v, hints[k]) for k, v in kw.items()}
+        kw = {k: coerce(f"{where}.{k}", v, hints[k]) for k, v in kw.items()}
         m = cls(name=name, options=options, **kw)
         check_range(f"{where}.gamma", m.gamma, 0.0)
         check_range(f"{where}.mu", m.mu, 0.0)

@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import Config, ConfigError, ModelConfig
-from ..data import DATASETS, OpenSetData, batches, load_openset
+from ..checks import ConfigError
+from ..config import Config, ModelConfig
+from ..data import OpenSetData, batches, load_openset
 from ..knn import knn_scores
 from ..models import Classifier, build_model
 from ..probe import linear_probe
-from ..train import every_run, load_model, resolve_device, run_name
+from ..train import load_model, resolve_device, run_name
 from .config import ContrastiveConfig, ContrastiveMethod, ContrastiveTrainConfig
 from .views import ContrastiveNet, extra_view, loss_from_views, view
 
@@ -171,24 +172,6 @@ def _contrastive(cfg: Config):
     if getattr(cfg, "contrastive", None) is None:
         raise ConfigError("params has no 'contrastive' section; the contrastive track needs one")
     return cfg.contrastive
-
-
-def train_method(cfg: Config, method: str, out_root: str | Path) -> list[Path]:
-    """Train contrastive ``method`` on every split and train.seeds; runs go to ``out_root/<method>/<split>-<seed>``."""
-    _contrastive(cfg).method(method)
-    return every_run(cfg, method, out_root, train_run)
-
-
-def train_methods(cfg: Config, methods, out_root: str | Path) -> Path:
-    """Train each contrastive method on every split and seed into ``out_root``; every name and stage is
-    validated before the first run starts."""
-    c = _contrastive(cfg) if methods else None
-    probe = build_model(encoder_config(cfg), DATASETS[cfg.data.dataset].channels, 2) if methods else None
-    for name in methods:
-        check_method(c.method(name), probe)
-    for name in methods:
-        train_method(cfg, name, out_root)
-    return Path(out_root)
 
 
 def load_net(run_dir: str | Path, device: str | torch.device = "cpu") -> ContrastiveNet:

@@ -3,10 +3,11 @@
 Every mixer is ``mix(x, y, *, num_classes, generator, options, model=None) -> Mixed`` (see
 :class:`~gradmix.mixing.boxes.Mixed`): pure, batched, device-agnostic, never in place. Only the
 attribution-guided methods use ``model``. :data:`MIXERS` maps a ``params.yaml`` mixer name to its
-options dataclass and function.
+options dataclass and function; :func:`register_mixer` adds one (docs/extending.md).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -41,11 +42,31 @@ MIXERS: dict[str, MixerSpec] = {
 }
 
 
+def register_mixer(name: str, options: type, fn: Callable, *, needs_model: bool = False,
+                   replace: bool = False) -> MixerSpec:
+    """Add mixer ``name`` to :data:`MIXERS`, so that a ``methods`` entry of params.yaml can use it.
+
+    ``options`` is a (frozen) dataclass whose fields are the method's keys in params.yaml, validated in
+    its ``__post_init__``; ``fn(x, y, *, num_classes, generator, options, model=None) -> Mixed`` follows
+    the contract of :class:`~gradmix.mixing.boxes.Mixed`. ``needs_model``: ``fn`` uses the model being
+    trained (attribution-guided mixers). Raises ValueError if ``name`` is taken (unless ``replace``)
+    and TypeError if ``options`` is not a dataclass or ``fn`` is not callable.
+    """
+    if name in MIXERS and not replace:
+        raise ValueError(f"mixer {name!r} is already registered; pass replace=True to override it")
+    if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+        raise TypeError(f"mixer {name!r}: options must be a dataclass, got {options!r}")
+    if not callable(fn):
+        raise TypeError(f"mixer {name!r}: fn must be callable, got {fn!r}")
+    MIXERS[name] = spec = MixerSpec(options, fn, needs_model)
+    return spec
+
+
 def make_mixer(mixer: str, options) -> Callable | None:
     """The mixer function with its options bound, or None for ``none``."""
     spec = MIXERS[mixer]
     return None if spec.fn is None else partial(spec.fn, options=options)
 
 
-__all__ = ["MIXERS", "Mixed", "make_mixer", "mixup", "cutmix", "gradmix", "rmix", "grafting",
+__all__ = ["MIXERS", "MixerSpec", "Mixed", "make_mixer", "register_mixer", "mixup", "cutmix", "gradmix", "rmix", "grafting",
            "MixupOptions", "CutMixOptions", "GradMixOptions", "RMixOptions", "GraftingOptions", "NoOptions"]

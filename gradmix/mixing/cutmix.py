@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import check_range
+from ..checks import check_range
 from .boxes import (Mixed, box_bounds, box_mask, coin, cut_sizes, mask_area, pairing, sample_beta,
                     soft_targets, uniform_centres, unmixed)
 

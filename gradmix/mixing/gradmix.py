@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..attribution import (BN_MODES, METHODS, NORMALIZE, OBJECTIVES, attribute, class_objective, combine,
                            normalize_map, peak, stage_maps)
-from ..config import ConfigError, check_choice, check_range
+from ..checks import ConfigError, check_choice, check_range
 from .boxes import (Mixed, box_bounds, box_mask, coin, cut_sizes, mask_area, mask_bounds, pairing,
                     resized_into_boxes, sample_beta, soft_targets, uniform_centres, unmixed)
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import check_choice, check_range
+from ..checks import check_choice, check_range
 from .boxes import Mixed, coin, pairing, unmixed
 from .saliency import SALIENCY_BN, gradient_saliency, pool_to_grid, upsample_cells
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import check_range
+from ..checks import check_range
 from .boxes import Mixed, coin, pairing, sample_beta, soft_targets, unmixed
 
 

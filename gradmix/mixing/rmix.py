@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, check_choice, check_range
+from ..checks import ConfigError, check_choice, check_range
 from .boxes import Mixed, coin, pairing, sample_beta, unmixed
 from .saliency import SALIENCY_BN, gradient_saliency, pool_to_grid, upsample_cells
 

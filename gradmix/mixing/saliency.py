@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attribution import attribution_mode
-from ..config import check_choice
+from ..checks import check_choice
 
 SALIENCY_BN = ("train", "batch", "eval")
 
