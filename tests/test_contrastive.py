@@ -15,6 +15,7 @@ from gradmix.config import ConfigError
 from gradmix.contrastive import (ContrastiveMethod, ContrastiveNet, ContrastiveTrainConfig, ViewConfig,
                                  extra_view, loss_from_views, ntxent, supcon_loss)
 from gradmix.mixing import CutMixOptions, GradMixOptions, MixupOptions, cutmix, mixup
+from gradmix.mixing.boxes import masked_fraction
 from gradmix.models import SmallCNN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,6 +212,41 @@ def test_contrastive_maps_peak_places_the_box(setup):
     flat = maps[:6].flatten(1).argmax(1)
     for i, (r, c) in enumerate(zip((flat // 16).tolist(), (flat % 16).tolist())):
         assert xe[i, 0, r, c] != v1[i, 0, r, c]          # the peak of view 1's map is inside the box
+
+
+def test_gradmix_view_falls_back_to_a_random_in_image_box_on_degenerate_maps(setup):
+    net, x, y = setup
+    o = GradMixOptions(stages=("stage3",), lam_low=0.75, lam_span=0.0)      # side 8: a whole box masks 1/4
+    v1, v2 = x + 0.1, x - 0.1
+    maps = torch.zeros(6, 16, 16)
+    maps[2:, 8, 8] = 1.0
+    maps[1, 3, 3] = float("nan")
+    xe, w, mixed = contrastive.extra_mixed(net, method("gradmix", o), x, v1, v2, y, num_classes=4,
+                                           generator=torch.Generator().manual_seed(0), cfg=ccfg(), maps=maps)
+    assert mixed.fallback.tolist() == [True, True, False, False, False, False]
+    assert torch.allclose(masked_fraction(mixed), torch.full((6,), 0.25))  # not the clipped corner quarter (1/16)
+    assert torch.allclose(w, torch.full((6,), 0.75)) and torch.isfinite(xe).all()
+    # a real attribution pass whose stage is dead (BatchNorm scale and shift 0: A = ReLU(0) = 0): every map is 0
+    bn = net.encoder.body.stage3[-2]
+    saved = bn.weight.detach().clone(), bn.bias.detach().clone()
+    with torch.no_grad():
+        bn.weight.zero_()
+        bn.bias.zero_()
+    try:
+        _, _, mixed = contrastive.extra_mixed(net, method("gradmix", o), x, v1, v2, y, num_classes=4,
+                                              generator=torch.Generator().manual_seed(0), cfg=ccfg())
+    finally:
+        with torch.no_grad():
+            bn.weight.copy_(saved[0])
+            bn.bias.copy_(saved[1])
+    assert mixed.fallback.all() and torch.allclose(masked_fraction(mixed), torch.full((6,), 0.25))
+    # the baseline views report their mask (CutMix) or none (Mixup), and no fallback
+    _, _, cm = contrastive.extra_mixed(net, method("cutmix", CutMixOptions(prob=1.0)), x, v1, v2, y, num_classes=4,
+                                       generator=torch.Generator().manual_seed(0), cfg=ccfg())
+    assert cm.fallback is None and masked_fraction(cm).shape == (6,)
+    _, _, mu = contrastive.extra_mixed(net, method("mixup", MixupOptions()), x, v1, v2, y, num_classes=4,
+                                       generator=torch.Generator().manual_seed(0), cfg=ccfg())
+    assert masked_fraction(mu) is None
 
 
 # ----------------------------------------------------------------------------- views
