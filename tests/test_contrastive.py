@@ -63,6 +63,28 @@ def test_extra_positives_hand_computed():
     assert ntxent(z, positives=q, **UNIT).item() == pytest.approx(math.log(E + 2) - 0.75, abs=1e-6)
 
 
+def test_anchors_without_a_positive_are_left_out():
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    # one view; class 0 twice (e1, e1), class 1 once (e2): anchor 2 has no positive.
+    # anchors 0 and 1: positive e1 (cos 1), denominator e^1 + e^0 -> ℓ = log(e + 1) - 1
+    z = torch.stack([e1, e1, e2]).requires_grad_(True)
+    loss = supcon_loss(z, torch.tensor([0, 0, 1]), views=1, **UNIT)
+    assert loss.item() == pytest.approx(math.log(E + 1) - 1, abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(z.grad).all()
+    per = supcon_loss(z.detach(), torch.tensor([0, 0, 1]), views=1, reduction="none", **UNIT)
+    assert torch.allclose(per, torch.tensor([math.log(E + 1) - 1] * 2 + [0.0]), atol=1e-6)
+    # every anchor a singleton (all-distinct labels, or SimCLR with one view): 0 with a zero gradient
+    for labels in (torch.tensor([0, 1, 2]), None):
+        z = torch.stack([e1, e2, (e1 + e2) / math.sqrt(2)]).requires_grad_(True)
+        loss = supcon_loss(z, labels, views=1, **UNIT)
+        loss.backward()
+        assert loss.item() == 0.0 and torch.equal(z.grad, torch.zeros_like(z))
+    # two views always give each anchor its other view: unchanged, bit for bit
+    z = pairs()
+    assert supcon_loss(z, torch.tensor([3, 5]), **UNIT).item() == pytest.approx(math.log(E + 2) - 1, abs=1e-6)
+
+
 def reference_supcon(z, labels, positives, tau, base):
     """SupContrast's SupConLoss (contrast_mode 'all') written with loops and the max-subtraction trick."""
     n = len(z)
