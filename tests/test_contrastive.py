@@ -403,6 +403,28 @@ def test_tracks_side_by_side_in_metrics_and_tables(tiny, tmp_path):
     assert np.array_equal(s_k, np.load(tmp_path / "supcon_none" / "split0-seed0" / "scores.npz")["score_knn_known"])
 
 
+def test_closed_set_runs_report_accuracy_and_mark_open_set_metrics_absent(tiny, tmp_path):
+    # the example: data.known: all trained fully, then crashed in embed on the empty unknown set
+    closed = config.replace(tiny, data={"known": "all", "splits": [0]})
+    d = contrastive.train_run(closed, "supcon_gradmix", 0, 0, tmp_path / "supcon_gradmix" / "split0-seed0")
+    z = np.load(d / "scores.npz")
+    assert len(z["score_knn_unknown"]) == 0 and len(z["score_knn_known"]) > 0
+    train.train_run(closed, "erm", 0, 0, tmp_path / "erm" / "split0-seed0")      # the cross-entropy path
+    for run in ("supcon_gradmix", "erm"):
+        row = evaluate.evaluate_run(tmp_path / run / "split0-seed0")
+        assert 0 <= row["accuracy"] <= 1
+        score = "knn" if run == "supcon_gradmix" else "mls"
+        assert all(np.isnan(row[f"{m}_{score}"]) for m in ("auroc", "oscr", "fpr95")), run
+    assert 0 <= row["accuracy"] <= 1
+    summary = evaluate.evaluate(tmp_path, tmp_path / "out", ["erm", "supcon_gradmix"])
+    rows = summary["digits"]
+    assert set(rows["supcon_gradmix"]) == {"accuracy", "probe_accuracy"} and set(rows["erm"]) == {"accuracy"}
+    lines = report.results_table(summary, "digits", ["erm", "supcon_gradmix"],
+                                 ("accuracy", "auroc_mls", "auroc_knn", "fpr95_knn", "probe_accuracy")).splitlines()
+    assert lines[2].endswith("| – | – | – | – |") and lines[3].count("| – ") == 3
+    assert "nan" not in "\n".join(lines).lower()
+
+
 def test_table_bolds_the_lowest_knn_fpr_and_dashes_missing_metrics():
     cell = lambda v: {"mean": v, "std": 0.0, "n": 5}  # noqa: E731
     summary = {"digits": {"erm": {"accuracy": cell(0.9), "auroc_mls": cell(0.8)},
