@@ -118,9 +118,10 @@ def _svhn(ctx):
 
 def _decoded(folder: Path, paths, size: int, key: str):
     """Decode image files once into ``prepared/<key>/images_<size>.npy`` (RGB, resize + centre crop)."""
-    from .datasets import _decode, cached
+    from .datasets import cached
+    from .images import decode
 
-    return cached(folder / f"{key}_{size}", lambda: {"x": np.stack([_decode(str(p), "RGB", size) for p in paths])})["x"]
+    return cached(folder / f"{key}_{size}", lambda: {"x": np.stack([decode(str(p), "RGB", size) for p in paths])})["x"]
 
 
 def _dtd(ctx):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .config import Config, ConfigError, MethodConfig, TrainConfig
-from .data import OpenSetData, augment, batches, load_openset
+from .data import OpenSetData, augment, batches, check_splits, load_openset
 from .losses import soft_cross_entropy
 from .metrics import auroc, accuracy
 from .mixing import make_mixer
@@ -241,9 +241,14 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Class
 
 
 def train_methods(cfg: Config, methods, out_root: str | Path) -> Path:
-    """Train each of ``methods`` on every split and seed into ``out_root``; returns ``out_root``."""
+    """Train each of ``methods`` on every split and seed into ``out_root``; returns ``out_root``.
+
+    Every method name and every split's data (:func:`gradmix.data.check_splits`) are checked before
+    the first run starts."""
     for m in methods:                      # validate every name before the first run starts
         cfg.method(m)
+    if methods:
+        check_splits(cfg.data)
     for m in methods:
         train_method(cfg, m, out_root)
     return Path(out_root)

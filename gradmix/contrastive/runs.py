@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config, ConfigError, ModelConfig
-from ..data import DATASETS, OpenSetData, batches, load_openset
+from ..data import DATASETS, OpenSetData, batches, check_splits, load_openset
 from ..knn import knn_scores
 from ..models import Classifier, build_model
 from ..probe import linear_probe
@@ -185,12 +185,14 @@ def train_method(cfg: Config, method: str, out_root: str | Path) -> list[Path]:
 
 
 def train_methods(cfg: Config, methods, out_root: str | Path) -> Path:
-    """Train each contrastive method on every split and seed into ``out_root``; every name and stage is
-    validated before the first run starts."""
+    """Train each contrastive method on every split and seed into ``out_root``; every name, stage and
+    split (:func:`gradmix.data.check_splits`) is validated before the first run starts."""
     c = _contrastive(cfg) if methods else None
     probe = build_model(encoder_config(cfg), DATASETS[cfg.data.dataset].channels, 2) if methods else None
     for name in methods:
         check_method(c.method(name), probe)
+    if methods:
+        check_splits(cfg.data)
     for name in methods:
         train_method(cfg, name, out_root)
     return Path(out_root)
