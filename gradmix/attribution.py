@@ -118,8 +118,27 @@ def attribute(model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tens
     return combine(maps, tuple(x.shape[-2:]), normalize)
 
 
+def degenerate(maps: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: True where a map (N, H, W) has no peak to use: any non-finite value, or every
+    pixel equal (all zero, e.g. Grad-CAM when every channel weight is negative, or constant).
+
+    Its arg-max would be pixel (0, 0) (or wherever a NaN sits), which carries no information.
+    """
+    flat = maps.reshape(len(maps), -1)
+    finite = torch.isfinite(flat).all(1)
+    return ~finite | (flat.amax(1) == flat.amin(1))
+
+
 def peak(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column (N,), (N,) of each map's arg-max; maps (N, H, W)."""
+    """Row and column (N,), (N,) of each map's arg-max; maps (N, H, W).
+
+    Ties go to the first pixel in row-major order (as ``np.argmax`` in the authors' ``rand_bbox``).
+    Raises ValueError for non-finite maps (a NaN would win the arg-max); screen maps with
+    :func:`degenerate` first, as :func:`gradmix.mixing.gradmix.gradmix` does.
+    """
     n, h, w = maps.shape
-    flat = maps.reshape(n, -1).argmax(1)
-    return flat // w, flat % w
+    flat = maps.reshape(n, -1)
+    if not torch.isfinite(flat).all():
+        raise ValueError("attribution peak: the maps hold NaN or inf values; screen them with degenerate()")
+    idx = flat.argmax(1)
+    return idx // w, idx % w

@@ -48,9 +48,9 @@ class DataConfig:
     balance_test: bool = True       # subsample the larger of known/unknown test sets (Vaze et al.)
     crop_padding: int = 2           # random-crop augmentation: pad by this many pixels, crop back
     hflip: bool = False             # random horizontal flip (off for digits)
-    max_train: int = 0              # cap on training images, 0 = all (used by smoke runs)
+    max_train: int = 0              # cap on training images, stratified (every known class kept), 0 = all
     known: str = "protocol"         # protocol | all | list | random: how known classes are chosen
-    known_classes: tuple[Any, ...] = ()   # known=list: class names (or integer ids)
+    known_classes: tuple[Any, ...] = ()   # known=list: class names (ImageFolder: folder names; built-in datasets also integer ids)
     num_known: int = 0              # known=random: how many known classes per split
     known_seed: int = 0             # known=random: split k draws with seed (known_seed, k)
     folder: str = ""                # dataset=imagefolder: root of train/<class>/*, test/<class>/*

@@ -8,6 +8,7 @@ never waits for a CPU worker.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from .checks import ConfigError  # "DataConfig" below: gradmix.config.DataConfig (config imports this module)
 from .datasets import DATASETS_EXTRA, DatasetInfo, RawDataset  # noqa: F401  (re-exported)
-from .splits import OSR_SPLITS, known_classes
+from .splits import OSR_SPLITS, known_classes, resolve_classes
 
 
 def _load_digits(cfg: "DataConfig") -> RawDataset:
@@ -92,8 +93,10 @@ def open_set_classes(cfg: "DataConfig", info: DatasetInfo, raw: RawDataset,
 
     protocol: the dataset's standard OSR split (for CIFAR+N the unknowns are the listed CIFAR-100
     classes); all: every training class known, no unknowns (closed set); list: ``data.known_classes``
-    (names or ids); random: ``data.num_known`` classes drawn by ``numpy.random.default_rng([known_seed,
-    split])``, so each split index is its own fixed draw.
+    (:func:`gradmix.splits.resolve_classes`: class names; integers are folder names for ImageFolder,
+    class ids otherwise; an ambiguous integer is reported as a warning); random: ``data.num_known``
+    classes drawn by ``numpy.random.default_rng([known_seed, split])``, so each split index is its own
+    fixed draw.
     """
     names = raw.class_names
     if cfg.known == "protocol":
@@ -113,26 +116,93 @@ def open_set_classes(cfg: "DataConfig", info: DatasetInfo, raw: RawDataset,
                               f"valid: 1..{len(present) - 1}")
         rng = np.random.default_rng([cfg.known_seed, split])
         return sorted(int(c) for c in rng.choice(present, cfg.num_known, replace=False)), None
-    index = {n: i for i, n in enumerate(names)}
-    known = []
-    for c in cfg.known_classes:
-        if isinstance(c, str) and c in index:
-            known.append(index[c])
-        elif isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(names):
-            known.append(c)
-        else:
-            raise ConfigError(f"data.known_classes: unknown class {c!r}; valid names: {list(names)[:20]}"
-                              f"{' ...' if len(names) > 20 else ''} or ids 0..{len(names) - 1}")
+    known, notes = resolve_classes(cfg.known_classes, names, by_name=cfg.dataset == "imagefolder")
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     if len(set(known)) != len(known) or len(known) >= len(names):
         raise ConfigError(f"data.known_classes: {list(cfg.known_classes)} must be distinct and leave "
                           f"at least one unknown class (of {len(names)})")
     return known, None
 
 
+def stratified_subset(labels: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted positions of at most ``cap`` items of ``labels`` (N,), every class kept (``data.max_train``).
+
+    Each class gets max(1, ⌊cap·n_c/N⌋) items (at most n_c), then the rest of ``cap`` goes one by one
+    to the classes with the largest remainder of cap·n_c/N (ties: lower class first); the items of a
+    class are ``rng.choice`` without replacement, classes in sorted order. scikit-learn's stratified
+    split (used as the test oracle for the class shares) can drop a small class entirely, which
+    leaves a known class without training images. Raises ConfigError if ``cap`` is below the number
+    of classes.
+    """
+    classes, counts = np.unique(labels, return_counts=True)
+    if cap >= len(labels):
+        return np.arange(len(labels))
+    if cap < len(classes):
+        raise ConfigError(f"data.max_train: {cap} training images cannot hold the {len(classes)} known classes; "
+                          f"valid: 0 (all) or >= {len(classes)}")
+    share = cap * counts / counts.sum()
+    quota = np.minimum(np.maximum(1, np.floor(share)).astype(np.int64), counts)
+    while quota.sum() > cap:                       # the ≥1 floors overshot: trim the largest
+        quota[np.argmax(np.where(quota > 1, quota, -1))] -= 1
+    rest = share - quota
+    while quota.sum() < cap:
+        i = int(np.argmax(np.where(quota < counts, rest, -np.inf)))
+        quota[i] += 1
+        rest[i] -= 1
+    picks = [rng.choice(np.flatnonzero(labels == c), q, replace=False) for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(picks))
+
+
+def _where(cfg: "DataConfig") -> str:
+    return f"data.folder {cfg.folder}" if cfg.dataset == "imagefolder" else f"data.dataset {cfg.dataset}"
+
+
+def check_split(cfg: "DataConfig", split: int, names, y_train: np.ndarray, y_test: np.ndarray, known,
+                unknown) -> None:
+    """Fail before training if ``split`` cannot give its metrics: a known class without training or test
+    images, or (unless ``data.known: all``) no unknown test image. One ConfigError names the classes
+    and the data."""
+    def named(ids):
+        return [names[i] for i in ids][:20]
+
+    no_train = [k for k in known if not np.any(y_train == k)]
+    no_test = [k for k in known if not np.any(y_test == k)]
+    problems = []
+    if no_train:
+        problems.append(f"known class(es) {named(no_train)} have no training images")
+    if no_test:
+        problems.append(f"known class(es) {named(no_test)} have no test images")
+    if cfg.known != "all":
+        unk = np.isin(y_test, unknown) if unknown is not None else ~np.isin(y_test, known)
+        if not unk.any():
+            others = unknown if unknown is not None else [i for i in range(len(names)) if i not in set(known)]
+            problems.append(f"the unknown test set is empty: unknown class(es) {named(others)} have no test images")
+    if problems:
+        raise ConfigError(f"{_where(cfg)}, split {split}: " + "; ".join(problems) +
+                          " (the open-set metrics need train and test images of every known class and at least "
+                          "one unknown test image; data.known: all runs closed-set)")
+
+
+def check_splits(cfg: "DataConfig") -> None:
+    """Run :func:`check_split` on every split of ``data.splits`` (labels only where the dataset can give
+    them without decoding images); call before the first run trains."""
+    info = DATASETS[cfg.dataset]
+    if info.labels is not None:
+        y_train, y_test, names = info.labels(cfg)
+        raw = RawDataset(np.empty((len(y_train), 0)), y_train, np.empty((len(y_test), 0)), y_test, names)
+    else:
+        raw = info.load(cfg)
+    for split in cfg.splits:
+        known, unknown = open_set_classes(cfg, info, raw, split)
+        check_split(cfg, split, raw.class_names, np.asarray(raw.y_train), np.asarray(raw.y_test), known, unknown)
+
+
 def load_openset(cfg: "DataConfig", split: int, device: torch.device | str = "cpu") -> OpenSetData:
     """Build split ``split`` of ``cfg.dataset``: known-class train set, known and unknown test sets.
 
-    Downloads (once, verified) what the dataset needs. Images are resized to ``data.image_size``
+    Downloads (once, verified) what the dataset needs. The split is checked first (:func:`check_split`);
+    ``data.max_train`` keeps every known class (:func:`stratified_subset`, seeded by ``split_seed``). Images are resized to ``data.image_size``
     (0 = the dataset's native size) and normalised with ``data.mean``/``data.std``, or, when those
     are empty, with the per-channel statistics of the known-class training images.
     """
@@ -143,9 +213,10 @@ def load_openset(cfg: "DataConfig", split: int, device: torch.device | str = "cp
     lut[known] = np.arange(len(known))
     rng = np.random.default_rng(cfg.split_seed)
 
+    check_split(cfg, split, raw.class_names, np.asarray(raw.y_train), np.asarray(raw.y_test), known, unknown)
     train = np.flatnonzero(lut[raw.y_train] >= 0)
     if cfg.max_train and len(train) > cfg.max_train:
-        train = np.sort(rng.permutation(train)[: cfg.max_train])
+        train = train[stratified_subset(lut[raw.y_train[train]], cfg.max_train, rng)]
     test_known = np.flatnonzero(lut[raw.y_test] >= 0)
     test_unknown = (np.flatnonzero(np.isin(raw.y_test, unknown)) if unknown is not None
                     else np.flatnonzero(lut[raw.y_test] < 0))

@@ -41,6 +41,7 @@ import numpy as np
 import torchvision.datasets as tvd
 
 from .download import Resource, fetch, safe_extract
+from .images import GREY, HIGH_BIT, check_mode, decode
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ class DatasetInfo:
     standard splits; choose them with ``data.known``). ``unknown_protocol``: for CIFAR+N, the key
     listing the unknown classes, whose labels are offset by ``unknown_offset``; None = all other
     classes are unknown. ``channels``/``num_classes``: 0 = read from the data. ``resources``: keys of
-    :data:`RESOURCES` it downloads (empty: embedded or local).
+    :data:`RESOURCES` it downloads (empty: embedded or local). ``labels``: cfg -> (train labels, test
+    labels, class names) without decoding images, for the split check before training (None: ``load``).
     """
 
     protocol: str | None
@@ -74,6 +76,7 @@ class DatasetInfo:
     unknown_offset: int = 0
     resources: tuple[str, ...] = field(default_factory=tuple)
     native_size: int = 0
+    labels: Callable | None = None     # cfg -> (y_train, y_test, class names) without pixels (None: use load)
 
 
 def _tv_resources() -> dict[str, Resource]:
@@ -218,23 +221,6 @@ def svhn(cfg) -> RawDataset:
     return RawDataset(xtr, ytr, xte, yte, tuple(str(i) for i in range(10)))
 
 
-def _decode(path: str, mode: str, size: int = 0) -> np.ndarray:
-    """One image file -> (C, S, S) uint8: shorter side resized to ``size`` (0 = keep), centre crop."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert(mode)
-        if size:
-            w, h = im.size
-            s = size / min(w, h)
-            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)
-            w, h = im.size
-            left, top = (w - size) // 2, (h - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-        a = np.asarray(im, dtype=np.uint8)
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-
-
 def tinyimagenet(cfg) -> RawDataset:
     """TinyImageNet-200 (64x64 RGB): train 500/class, val 50/class (val_annotations.txt) used as test.
 
@@ -254,7 +240,7 @@ def tinyimagenet(cfg) -> RawDataset:
         val.sort()
         out = {}
         for split, items in (("train", train), ("test", val)):
-            out[f"x_{split}"] = np.stack([_decode(p, "RGB") for p, _ in items])
+            out[f"x_{split}"] = np.stack([decode(p, "RGB") for p, _ in items])
             out[f"y_{split}"] = np.asarray([c for _, c in items], dtype=np.int64)
         out["wnids"] = np.asarray(wnids)
         return out
@@ -268,43 +254,103 @@ def tinyimagenet(cfg) -> RawDataset:
 # your own data
 
 
-def image_folder(cfg) -> RawDataset:
-    """``data.folder`` in ImageFolder layout: ``train/<class>/*`` and ``test/<class>/*``.
+def hidden(name: str) -> bool:
+    """Names starting with '.' (``.ipynb_checkpoints``, ``.thumbs``, ``.DS_Store``, macOS ``._x.png``)
+    are never classes and never images."""
+    return name.startswith(".")
 
-    Classes are the sorted folder names of ``train/`` (torchvision's numbering); ``test/`` may lack
-    some classes but may not add new ones. Images are grey (1 channel) if every training image is
-    greyscale, else RGB. Resolution: ``data.image_size``, or 0 = the median shorter side of the
-    training images; each image is resized (shorter side) and centre-cropped to it.
-    """
+
+def folder_classes(folder: Path) -> list[str]:
+    """Sorted names of the non-hidden sub-folders of ``folder`` (torchvision ImageFolder's numbering)."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not hidden(e.name))
+
+
+def folder_images(folder: Path, classes) -> list[tuple[str, int]]:
+    """(path, class index) of every image file under ``folder/<class>/`` (any depth), sorted as
+    torchvision's ``make_dataset``; hidden files and anything inside hidden folders are skipped."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
+
+    def valid(path: str) -> bool:
+        rel = Path(path).relative_to(folder).parts[1:]           # below the class folder
+        return has_file_allowed_extension(path, IMG_EXTENSIONS) and not any(hidden(p) for p in rel)
+
+    present = [c for c in classes if (folder / c).is_dir()]
+    idx = {c: classes.index(c) for c in present}
+    return make_dataset(str(folder), idx, is_valid_file=valid, allow_empty=True)
+
+
+def image_folder_index(cfg) -> dict:
+    """The files of ``data.folder`` without decoding them: ``classes`` (sorted train/ folder names),
+    ``train`` / ``test`` lists of (path, class index), ``y_train`` / ``y_test`` (int64), ``sizes``
+    (shorter side of each training image) and ``modes`` (Pillow modes of the training images, plus
+    the high-bit-depth modes of the test images). Every check of :func:`image_folder` that needs no
+    pixels runs here: missing folders, extra test classes, empty classes, unsupported modes."""
     from PIL import Image
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
     root = Path(cfg.folder)
     missing = [d for d in ("train", "test") if not (root / d).is_dir()]
     if not cfg.folder or missing:
         raise FileNotFoundError(f"data.folder={cfg.folder!r}: expected an ImageFolder tree with "
                                 f"train/<class>/* and test/<class>/*; missing: {missing or ['data.folder']}")
-    classes, to_idx = find_classes(root / "train")
-    extra = sorted(set(find_classes(root / "test")[0]) - set(classes))
+    classes = folder_classes(root / "train")
+    if not classes:
+        raise FileNotFoundError(f"no class folders under {root / 'train'} (expected train/<class>/*)")
+    extra = sorted(set(folder_classes(root / "test")) - set(classes))
     if extra:
         raise ValueError(f"{root / 'test'} has classes absent from train/: {extra[:10]}")
-    train = make_dataset(str(root / "train"), to_idx, extensions=IMG_EXTENSIONS)
-    test = make_dataset(str(root / "test"), to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    train = folder_images(root / "train", classes)
+    test = folder_images(root / "test", classes)
+    y_train = np.asarray([c for _, c in train], dtype=np.int64)
+    empty = [c for k, c in enumerate(classes) if not (y_train == k).any()]
+    if empty:
+        raise FileNotFoundError(f"{root / 'train'}: class folder(s) {empty[:10]} hold no image files "
+                                f"(hidden entries are ignored); every class needs training images")
     if not test:
         raise FileNotFoundError(f"no images under {root / 'test'}")
     sizes, modes = [], set()
-    for p, _ in train:
-        with Image.open(p) as im:
-            sizes.append(min(im.size))
-            modes.add(im.mode)
-    mode = "L" if modes <= {"L", "1", "I;16", "I"} else "RGB"
-    size = cfg.image_size or int(np.median(sizes))
+    for items, is_train in ((train, True), (test, False)):
+        for p, _ in items:
+            with Image.open(p) as im:
+                check_mode(im.mode, p)
+                if is_train:
+                    sizes.append(min(im.size))
+                    modes.add(im.mode)
+                elif im.mode in HIGH_BIT:
+                    modes.add(im.mode)
+    return {"classes": classes, "train": train, "test": test, "y_train": y_train,
+            "y_test": np.asarray([c for _, c in test], dtype=np.int64), "sizes": sizes, "modes": modes}
+
+
+def image_folder(cfg) -> RawDataset:
+    """``data.folder`` in ImageFolder layout: ``train/<class>/*`` and ``test/<class>/*``.
+
+    Classes are the sorted folder names of ``train/`` (torchvision's numbering); ``test/`` may lack
+    some classes but may not add new ones. Entries whose name starts with '.' (``.ipynb_checkpoints``,
+    ``.thumbs``, ``.DS_Store``) are ignored, as classes and as files. Every class needs at least one
+    training image. Images are grey (1 channel) if every training image has a grey Pillow mode, else
+    RGB; every Pillow mode is scaled to [0, 1] by its bit depth (:mod:`gradmix.images`; 16-bit by
+    65535), and a file of a mode the loader cannot scale fails naming it before any decoding.
+    Resolution: ``data.image_size``, or 0 = the median shorter side of the training images; each image
+    is resized (shorter side) and centre-cropped to it. Arrays are uint8, or float32 in [0, 1] when any
+    file has a high bit depth. The checks that need no pixels are :func:`image_folder_index`'s.
+    """
+    idx = image_folder_index(cfg)
+    modes = idx["modes"]
+    mode = "L" if modes <= GREY else "RGB"
+    as_float = bool(modes & set(HIGH_BIT))
+    size = cfg.image_size or int(np.median(idx["sizes"]))
 
     def arrays(items):
-        return (np.stack([_decode(p, mode, size) for p, _ in items]),
+        return (np.stack([decode(p, mode, size, as_float) for p, _ in items]),
                 np.asarray([c for _, c in items], dtype=np.int64))
 
-    return RawDataset(*arrays(train), *arrays(test), tuple(classes))
+    return RawDataset(*arrays(idx["train"]), *arrays(idx["test"]), tuple(idx["classes"]))
+
+
+def image_folder_labels(cfg) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """(train labels, test labels, class names) of ``data.folder`` without decoding any image."""
+    idx = image_folder_index(cfg)
+    return idx["y_train"], idx["y_test"], tuple(idx["classes"])
 
 
 DATASETS_EXTRA: dict[str, DatasetInfo] = {
@@ -324,7 +370,8 @@ DATASETS_EXTRA: dict[str, DatasetInfo] = {
                                 "TinyImageNet-200, 64x64; 20 known / 180 unknown (val set as test)",
                                 resources=("tinyimagenet",), native_size=64),
     "imagefolder": DatasetInfo(None, 0, 0, image_folder,
-                               "your ImageFolder tree at data.folder (train/<class>/*, test/<class>/*)"),
+                               "your ImageFolder tree at data.folder (train/<class>/*, test/<class>/*)",
+                               labels=image_folder_labels),
 }
 
 

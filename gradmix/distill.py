@@ -109,7 +109,9 @@ def distillation_loss(student: nn.Module, teacher: nn.Module, mixer, o: DistillO
                       y: torch.Tensor, num_classes: int, generator: torch.Generator,
                       label_smoothing: float = 0.0) -> torch.Tensor:
     """One batch's student loss; same call shape as :func:`gradmix.train.training_loss` after its
-    first three arguments. The teacher runs in eval mode without gradients."""
+    first three arguments. The teacher runs in eval mode without gradients. Labels y (N,) may have
+    any integer dtype."""
+    y = y.long()
     if teacher.training:
         raise RuntimeError("the teacher must stay in eval mode (use freeze())")
     with torch.no_grad():

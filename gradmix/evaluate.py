@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, from_dict
-from .metrics import accuracy, auroc, fpr_at_tpr, openset_metrics, oscr
+from .metrics import openset_metrics, score_metrics
 from .train import RUN_FILES
 
 
@@ -78,7 +78,10 @@ def run_scores(z, score: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def evaluate_run(run_dir: str | Path, scores=("msp", "mls")) -> dict:
     """One row: dataset, method, split, seed, track and the metrics of :func:`gradmix.metrics.openset_metrics`
-    (for logits), the same four per precomputed score (e.g. ``auroc_knn``), and the stored scalar metrics."""
+    (for logits), the same four per precomputed score (e.g. ``auroc_knn``), and the stored scalar metrics.
+
+    A closed-set run (no unknown test images) has NaN open-set metrics: absent, not a number
+    (:func:`aggregate` leaves them out, tables show "–")."""
     cfg, z = read_run(run_dir)
     info = cfg["run"]
     row = {k: info[k] for k in ("dataset", "method", "split", "seed")}
@@ -87,10 +90,9 @@ def evaluate_run(run_dir: str | Path, scores=("msp", "mls")) -> dict:
         row.update(openset_metrics(z["logits_known"], z["labels_known"], z["logits_unknown"], scores))
     for name in precomputed_scores(z):
         s_k, pred, s_u = run_scores(z, name)
-        row.setdefault("accuracy", accuracy(pred, z["labels_known"]))
-        row[f"auroc_{name}"] = auroc(s_k, s_u)
-        row[f"oscr_{name}"] = oscr(s_k, pred == z["labels_known"], s_u)
-        row[f"fpr95_{name}"] = fpr_at_tpr(s_k, s_u, 0.95)
+        m = score_metrics(name, s_k, pred, z["labels_known"], s_u)     # NaN open-set metrics if closed set
+        row.setdefault("accuracy", m.pop("accuracy"))
+        row.update(m)
     row.update({k[len("metric_"):]: float(z[k]) for k in z if k.startswith("metric_")})
     return row
 

@@ -24,7 +24,7 @@ the positive class:
 * AUROC = P(s_id > s_ood) + ½·P(s_id = s_ood);
 * FPR@95%TPR = the fraction of OOD images accepted at the threshold that accepts 95 % of ID images,
   θ* = max{θ : |{s_id ≥ θ}| / |ID| ≥ 0.95}, FPR = |{s_ood ≥ θ*}| / |OOD| (Hendrycks & Gimpel; ODIN).
-  OpenOOD and pytorch-ood report the mirror image (OOD positive); see shared/research/anchors.md §2.
+  OpenOOD and pytorch-ood report the mirror image (OOD positive).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .metrics import auroc, fpr_at_tpr
+from .metrics import auroc, check_scores, fpr_at_tpr
 from .scores import SCORES
 
 PAPER_NEAR = ("cifar100", "tinyimagenet")
@@ -118,9 +118,10 @@ def _svhn(ctx):
 
 def _decoded(folder: Path, paths, size: int, key: str):
     """Decode image files once into ``prepared/<key>/images_<size>.npy`` (RGB, resize + centre crop)."""
-    from .datasets import _decode, cached
+    from .datasets import cached
+    from .images import decode
 
-    return cached(folder / f"{key}_{size}", lambda: {"x": np.stack([_decode(str(p), "RGB", size) for p in paths])})["x"]
+    return cached(folder / f"{key}_{size}", lambda: {"x": np.stack([decode(str(p), "RGB", size) for p in paths])})["x"]
 
 
 def _dtd(ctx):
@@ -176,7 +177,11 @@ def ood_metrics(logits_id: np.ndarray, logits_ood: dict[str, np.ndarray], near, 
     """``{set}/auroc_{score}``, ``{set}/fpr95_{score}`` per OOD set, and ``near/…``, ``far/…`` as their means.
 
     logits_id: (N, K); logits_ood: set -> (M, K). See the module docstring for the definitions.
+    Raises ValueError naming the set when its logits are empty or hold NaN/inf.
     """
+    for name, z in {"in-distribution": logits_id, **logits_ood}.items():
+        check_scores(f"ood_metrics ({name} logits)", "in-distribution" if name == "in-distribution" else "OOD",
+                     np.asarray(z, dtype=np.float64))
     out: dict[str, float] = {}
     for score in scores:
         s_id, _ = SCORES[score](logits_id)

@@ -151,6 +151,13 @@ def gallery_figure(images: np.ndarray, stage_maps: dict, combined: np.ndarray, b
     return fig
 
 
+def _present(rows: dict, method: str, metric: str) -> bool:
+    """True when ``method`` has a finite mean for ``metric`` (a closed-set run's open-set metrics are NaN
+    or left out of the summary: absent)."""
+    stats = rows[method].get(metric)
+    return stats is not None and bool(np.isfinite(stats["mean"]))
+
+
 def _cell(stats: dict, scale: float, bold: bool, tex: bool) -> str:
     text = f"{scale * stats['mean']:.1f} ± {scale * stats['std']:.1f}"
     if tex:
@@ -163,18 +170,22 @@ def results_table(summary: dict, dataset: str, methods, metrics=("accuracy", "au
                   fmt: str = "md", lower_is_better=("fpr95_msp", "fpr95_mls", "fpr95_knn")) -> str:
     """An OSR-paper table: rows = methods, columns = metrics, mean ± std in %, best mean in bold.
 
-    A metric a method does not have (e.g. kNN AUROC of a cross-entropy run) shows as "–".
+    A metric a method does not have (e.g. kNN AUROC of a cross-entropy run, or any open-set metric of
+    a closed-set run, ``data.known: all``: missing or NaN in the summary) shows as "–", never as a number.
     """
     tex = fmt == "tex"
     rows = summary[dataset]
+    missing = [k for k in methods if k not in rows]
+    if missing:
+        raise KeyError(f"results_table: no results for method(s) {missing} on {dataset!r}; have {sorted(rows)}")
     best = {}
     for m in metrics:
-        vals = [rows[k][m]["mean"] for k in methods if m in rows[k]]
+        vals = [rows[k][m]["mean"] for k in methods if _present(rows, k, m)]
         best[m] = (min if m in lower_is_better else max)(vals) if vals else None
     header = ["Method"] + [label(m) for m in metrics]
-    body = [[k] + [_cell(rows[k][m], 100, rows[k][m]["mean"] == best[m], tex) if m in rows[k] else "–"
+    body = [[k] + [_cell(rows[k][m], 100, rows[k][m]["mean"] == best[m], tex) if _present(rows, k, m) else "–"
                    for m in metrics] for k in methods]
-    n = max(rows[k][m]["n"] for k in methods for m in metrics if m in rows[k])
+    n = max((rows[k][m]["n"] for k in methods for m in metrics if _present(rows, k, m)), default=0)
     if tex:
         lines = [r"\begin{tabular}{l" + "c" * len(metrics) + "}", r"\toprule",
                  " & ".join(header) + r" \\", r"\midrule"]

@@ -80,3 +80,53 @@ def known_classes(protocol: str, split: int) -> list[int]:
     if not 0 <= split < len(splits):
         raise ValueError(f"split {split} out of range for {protocol!r}; valid: 0..{len(splits) - 1}")
     return list(splits[split])
+
+
+def resolve_classes(entries, names, by_name: bool, where: str = "data.known_classes") -> tuple[list[int], list[str]]:
+    """Class indices of ``entries`` (``data.known_classes``) among ``names``, and warnings to report.
+
+    A string is a class name (exact match). An integer (YAML reads unquoted ``1`` as an integer):
+
+    * ``by_name`` (ImageFolder, where class names are folder names): the folder whose name is that
+      integer written in decimal, so ``[1, 2]`` with folders ``1 … 10`` selects folders ``1`` and ``2``
+      (not the folders at sorted positions 1 and 2, ``10`` and ``2``). When another folder sits at that
+      position the ambiguity is reported in the warnings. An integer that names no folder is refused:
+      positions in the sorted folder list are not accepted, and YAML 1.1 reads unquoted ``001`` as 1
+      and ``010`` as 8 (octal), so numeric folder names must be quoted (``['001', '010']``).
+    * otherwise (the built-in datasets): the class id (0 .. len(names) - 1), as in the OSR split lists.
+
+    Raises ConfigError naming the entry and the valid names.
+    """
+    from .checks import ConfigError
+
+    index = {n: i for i, n in enumerate(names)}
+    shown = f"{list(names)[:20]}{' ...' if len(names) > 20 else ''}"
+    ids, warnings = [], []
+    for c in entries:
+        if isinstance(c, str):
+            if c not in index:
+                raise ConfigError(f"{where}: unknown class {c!r}; valid names: {shown}")
+            ids.append(index[c])
+        elif isinstance(c, int) and not isinstance(c, bool):
+            if not by_name:
+                if not 0 <= c < len(names):
+                    raise ConfigError(f"{where}: unknown class {c!r}; valid names: {shown} or ids 0..{len(names) - 1}")
+                ids.append(c)
+                continue
+            if str(c) in index:
+                ids.append(index[str(c)])
+                if 0 <= c < len(names) and names[c] != str(c):
+                    warnings.append(f"{where}: {c} selects the folder named '{c}', not folder '{names[c]}' at "
+                                    f"sorted position {c}; entries are folder names (quote them to silence this)")
+                continue
+            octal = [n for n in names if n.isdigit() and len(n) > 1 and n.startswith("0")
+                     and set(n) <= set("01234567") and int(n, 8) == c]
+            padded = [n for n in names if n.isdigit() and int(n) == c]
+            hint = (f"YAML reads unquoted {octal[0]} as the octal number {c}: write '{octal[0]}' in quotes"
+                    if octal else f"did you mean '{padded[0]}'? write it in quotes" if padded
+                    else "write the folder name in quotes")
+            raise ConfigError(f"{where}: {c} is not a class folder name; with ImageFolder data the entries are "
+                              f"folder names, not positions ({hint}); folders: {shown}")
+        else:
+            raise ConfigError(f"{where}: {c!r} is neither a class name nor an id")
+    return ids, warnings

@@ -104,7 +104,7 @@ def training_loss(model, mixer, use: str, x: torch.Tensor, y: torch.Tensor, num_
     ``replace``: mean_i w_i·CE(f(x̃_i), t_i). ``extra``: mean_i CE(f(x_i), y_i) + mean_i w_i·CE(f(x̃_i), t_i),
     with clean and mixed images in one forward pass (the authors' "additional view").
     """
-    onehot = F.one_hot(y, num_classes).float()
+    onehot = F.one_hot(y.long(), num_classes).float()      # labels of any integer dtype
     if mixer is None:
         return soft_cross_entropy(model(x), onehot, label_smoothing).mean()
     mixed = mixer(x, y, num_classes=num_classes, generator=generator, model=model)

@@ -26,7 +26,7 @@ import torch
 from .checks import ConfigError
 from .config import Config
 from .contrastive import runs as contrastive_runs
-from .data import DATASETS, OpenSetData
+from .data import DATASETS, OpenSetData, check_splits
 from .models import build_model
 from .teacher import check_teachers, train_student
 from .train import check_method, every_run
@@ -64,9 +64,10 @@ def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Pa
 
 
 def check(cfg: Config, methods) -> None:
-    """Fail before any training: an unknown name, a stage the (encoder) model lacks, a missing teacher.
+    """Fail before any training: an unknown name, a stage the (encoder) model lacks, a missing teacher,
+    a split that cannot give its metrics (:func:`gradmix.data.check_splits`).
 
-    Raises :class:`ConfigError` (names, stages) or FileNotFoundError (teachers).
+    Raises :class:`ConfigError` (names, stages, splits) or FileNotFoundError (teachers).
     """
     kinds = {m: track(cfg, m) for m in methods}
     channels = DATASETS[cfg.data.dataset].channels or 3      # stage names do not depend on the channels
@@ -83,6 +84,8 @@ def check(cfg: Config, methods) -> None:
                 contrastive_runs.check_method(cfg.contrastive.method(m), probe)
     if "distill" in kinds.values():
         check_teachers(cfg)
+    if kinds:
+        check_splits(cfg.data)
 
 
 def train_method(cfg: Config, method: str, out_root: str | Path) -> list[Path]:

@@ -16,6 +16,7 @@ from gradmix.config import ConfigError
 from gradmix.contrastive import (ContrastiveMethod, ContrastiveNet, ContrastiveTrainConfig, ViewConfig,
                                  extra_view, loss_from_views, ntxent, supcon_loss)
 from gradmix.mixing import CutMixOptions, GradMixOptions, MixupOptions, cutmix, mixup
+from gradmix.mixing.boxes import masked_fraction
 from gradmix.models import SmallCNN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,28 @@ def test_extra_positives_hand_computed():
     expect = torch.tensor([math.log(E + 2) - 1, math.log(E + 2) - 1, math.log(E + 2), math.log(E + 2) - 1])
     assert torch.allclose(per_anchor, expect, atol=1e-6)
     assert ntxent(z, positives=q, **UNIT).item() == pytest.approx(math.log(E + 2) - 0.75, abs=1e-6)
+
+
+def test_anchors_without_a_positive_are_left_out():
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    # one view; class 0 twice (e1, e1), class 1 once (e2): anchor 2 has no positive.
+    # anchors 0 and 1: positive e1 (cos 1), denominator e^1 + e^0 -> ℓ = log(e + 1) - 1
+    z = torch.stack([e1, e1, e2]).requires_grad_(True)
+    loss = supcon_loss(z, torch.tensor([0, 0, 1]), views=1, **UNIT)
+    assert loss.item() == pytest.approx(math.log(E + 1) - 1, abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(z.grad).all()
+    per = supcon_loss(z.detach(), torch.tensor([0, 0, 1]), views=1, reduction="none", **UNIT)
+    assert torch.allclose(per, torch.tensor([math.log(E + 1) - 1] * 2 + [0.0]), atol=1e-6)
+    # every anchor a singleton (all-distinct labels, or SimCLR with one view): 0 with a zero gradient
+    for labels in (torch.tensor([0, 1, 2]), None):
+        z = torch.stack([e1, e2, (e1 + e2) / math.sqrt(2)]).requires_grad_(True)
+        loss = supcon_loss(z, labels, views=1, **UNIT)
+        loss.backward()
+        assert loss.item() == 0.0 and torch.equal(z.grad, torch.zeros_like(z))
+    # two views always give each anchor its other view: unchanged, bit for bit
+    z = pairs()
+    assert supcon_loss(z, torch.tensor([3, 5]), **UNIT).item() == pytest.approx(math.log(E + 2) - 1, abs=1e-6)
 
 
 def reference_supcon(z, labels, positives, tau, base):
@@ -214,6 +237,41 @@ def test_contrastive_maps_peak_places_the_box(setup):
         assert xe[i, 0, r, c] != v1[i, 0, r, c]          # the peak of view 1's map is inside the box
 
 
+def test_gradmix_view_falls_back_to_a_random_in_image_box_on_degenerate_maps(setup):
+    net, x, y = setup
+    o = GradMixOptions(stages=("stage3",), lam_low=0.75, lam_span=0.0)      # side 8: a whole box masks 1/4
+    v1, v2 = x + 0.1, x - 0.1
+    maps = torch.zeros(6, 16, 16)
+    maps[2:, 8, 8] = 1.0
+    maps[1, 3, 3] = float("nan")
+    xe, w, mixed = contrastive.extra_mixed(net, method("gradmix", o), x, v1, v2, y, num_classes=4,
+                                           generator=torch.Generator().manual_seed(0), cfg=ccfg(), maps=maps)
+    assert mixed.fallback.tolist() == [True, True, False, False, False, False]
+    assert torch.allclose(masked_fraction(mixed), torch.full((6,), 0.25))  # not the clipped corner quarter (1/16)
+    assert torch.allclose(w, torch.full((6,), 0.75)) and torch.isfinite(xe).all()
+    # a real attribution pass whose stage is dead (BatchNorm scale and shift 0: A = ReLU(0) = 0): every map is 0
+    bn = net.encoder.body.stage3[-2]
+    saved = bn.weight.detach().clone(), bn.bias.detach().clone()
+    with torch.no_grad():
+        bn.weight.zero_()
+        bn.bias.zero_()
+    try:
+        _, _, mixed = contrastive.extra_mixed(net, method("gradmix", o), x, v1, v2, y, num_classes=4,
+                                              generator=torch.Generator().manual_seed(0), cfg=ccfg())
+    finally:
+        with torch.no_grad():
+            bn.weight.copy_(saved[0])
+            bn.bias.copy_(saved[1])
+    assert mixed.fallback.all() and torch.allclose(masked_fraction(mixed), torch.full((6,), 0.25))
+    # the baseline views report their mask (CutMix) or none (Mixup), and no fallback
+    _, _, cm = contrastive.extra_mixed(net, method("cutmix", CutMixOptions(prob=1.0)), x, v1, v2, y, num_classes=4,
+                                       generator=torch.Generator().manual_seed(0), cfg=ccfg())
+    assert cm.fallback is None and masked_fraction(cm).shape == (6,)
+    _, _, mu = contrastive.extra_mixed(net, method("mixup", MixupOptions()), x, v1, v2, y, num_classes=4,
+                                       generator=torch.Generator().manual_seed(0), cfg=ccfg())
+    assert masked_fraction(mu) is None
+
+
 # ----------------------------------------------------------------------------- views
 
 def test_views_seeded_shape_preserving_and_off_means_crop_only():
@@ -344,6 +402,28 @@ def test_tracks_side_by_side_in_metrics_and_tables(tiny, tmp_path):
     assert lines[2].endswith("| – |") and "| – |" in lines[3]
     s_k, s_u, _ = report._scores(tmp_path / "supcon_none" / "split0-seed0", "knn")   # figures read kNN scores
     assert np.array_equal(s_k, np.load(tmp_path / "supcon_none" / "split0-seed0" / "scores.npz")["score_knn_known"])
+
+
+def test_closed_set_runs_report_accuracy_and_mark_open_set_metrics_absent(tiny, tmp_path):
+    # the issue's example: data.known: all trained fully, then crashed in embed on the empty unknown set
+    closed = config.replace(tiny, data={"known": "all", "splits": [0]})
+    d = runs.train_run(closed, "supcon_gradmix", 0, 0, tmp_path / "supcon_gradmix" / "split0-seed0")
+    z = np.load(d / "scores.npz")
+    assert len(z["score_knn_unknown"]) == 0 and len(z["score_knn_known"]) > 0
+    train.train_run(closed, "erm", 0, 0, tmp_path / "erm" / "split0-seed0")      # the cross-entropy path
+    for run in ("supcon_gradmix", "erm"):
+        row = evaluate.evaluate_run(tmp_path / run / "split0-seed0")
+        assert 0 <= row["accuracy"] <= 1
+        score = "knn" if run == "supcon_gradmix" else "mls"
+        assert all(np.isnan(row[f"{m}_{score}"]) for m in ("auroc", "oscr", "fpr95")), run
+    assert 0 <= row["accuracy"] <= 1
+    summary = evaluate.evaluate(tmp_path, tmp_path / "out", ["erm", "supcon_gradmix"])
+    rows = summary["digits"]
+    assert set(rows["supcon_gradmix"]) == {"accuracy", "probe_accuracy"} and set(rows["erm"]) == {"accuracy"}
+    lines = report.results_table(summary, "digits", ["erm", "supcon_gradmix"],
+                                 ("accuracy", "auroc_mls", "auroc_knn", "fpr95_knn", "probe_accuracy")).splitlines()
+    assert lines[2].endswith("| – | – | – | – |") and lines[3].count("| – ") == 3
+    assert "nan" not in "\n".join(lines).lower()
 
 
 def test_table_bolds_the_lowest_knn_fpr_and_dashes_missing_metrics():

@@ -1,9 +1,10 @@
 """The embedded open-set benchmark and the on-device batch pipeline."""
+import numpy as np
 import pytest
 import torch
 
 from gradmix import config
-from gradmix.data import augment, batches, load_openset
+from gradmix.data import augment, batches, load_openset, stratified_subset
 from gradmix.splits import OSR_SPLITS, known_classes
 
 
@@ -42,6 +43,41 @@ def test_split_is_deterministic_and_seeded():
 def test_max_train_caps_the_training_set():
     d = load_openset(config.DataConfig(max_train=50), 1)
     assert len(d.x_train) == 50
+    full = torch.bincount(load_openset(config.DataConfig(), 1).y_train).double()
+    share = 50 * full / full.sum()                                      # stratified: ⌊share⌋ or ⌊share⌋ + 1
+    got = torch.bincount(d.y_train).double()
+    assert ((got - share.floor() >= 0) & (got - share.floor() <= 1)).all()
+
+
+def test_max_train_keeps_every_class_seeded():
+    # the issue's example: a small cap drew without stratification and dropped whole classes
+    for cap in (6, 7, 13):
+        d = load_openset(config.DataConfig(max_train=cap), 0)
+        counts = torch.bincount(d.y_train, minlength=6)
+        assert len(d.x_train) == cap and (counts >= 1).all() and counts.max() - counts.min() <= 1
+    a, b = (load_openset(config.DataConfig(max_train=13), 0) for _ in range(2))
+    assert torch.equal(a.x_train, b.x_train)
+    assert not torch.equal(a.x_train, load_openset(config.DataConfig(max_train=13, split_seed=1), 0).x_train)
+    with pytest.raises(config.ConfigError, match="data.max_train: 5 training images cannot hold the 6 known"):
+        load_openset(config.DataConfig(max_train=5), 0)
+
+
+def test_stratified_subset_shares_match_sklearn_and_keep_rare_classes():
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), [500, 300, 150, 50])
+    for cap in (20, 101, 400):
+        pick = stratified_subset(labels, cap, np.random.default_rng(1))
+        assert len(pick) == cap and len(set(pick)) == cap and np.all(np.diff(pick) > 0)
+        ours = np.bincount(labels[pick], minlength=4)
+        ref, _ = train_test_split(labels, train_size=cap, stratify=labels, random_state=0)
+        assert np.abs(ours - np.bincount(ref, minlength=4)).max() <= 1       # the library's class shares
+    # a rare class: scikit-learn drops it (1000·3/1002 rounds to 0), ours keeps one of each
+    labels = np.repeat(np.arange(3), [500, 500, 2])
+    ref, _ = train_test_split(labels, train_size=3, stratify=labels, random_state=0)
+    assert 2 not in ref
+    assert np.bincount(labels[stratified_subset(labels, 3, rng)]).tolist() == [1, 1, 1]
 
 
 def test_batches_cover_each_index_once():

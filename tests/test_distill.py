@@ -117,6 +117,20 @@ def test_mixed_batch_uses_the_teachers_raw_outputs(pair):
     assert add.item() > loss.item()      # + α·CE + DIST of the clean batch (batch statistics differ slightly)
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8])
+def test_labels_of_any_integer_dtype(pair, dtype):
+    student, teacher, x, y = pair
+    for mixer in (None, make_mixer("cutmix", CutMixOptions(prob=1.0)), make_mixer("mixup", MixupOptions())):
+        ref = distill.distillation_loss(student, teacher, mixer, distill.DistillOptions(), x, y, 4,
+                                        torch.Generator().manual_seed(0))
+        got = distill.distillation_loss(student, teacher, mixer, distill.DistillOptions(), x, y.to(dtype), 4,
+                                        torch.Generator().manual_seed(0))
+        assert torch.equal(got, ref)
+        erm = train.training_loss(student, mixer, "replace", x, y.to(dtype), 4, torch.Generator().manual_seed(0))
+        assert torch.equal(erm, train.training_loss(student, mixer, "replace", x, y, 4,
+                                                    torch.Generator().manual_seed(0)))
+
+
 def test_teacher_stays_frozen_while_the_student_learns(pair):
     student, teacher, x, y = pair
     before = {k: v.clone() for k, v in teacher.state_dict().items()}     # weights and BN buffers

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gradmix.metrics import accuracy, auroc, fpr_at_tpr, openset_metrics, oscr
+from gradmix.metrics import accuracy, auroc, fpr_at_tpr, openset_metrics, oscr, roc, score_metrics
 from gradmix.scores import mls, msp
 
 
@@ -62,3 +62,89 @@ def test_openset_metrics_row():
     assert row["accuracy"] == pytest.approx(2 / 3)
     assert row["auroc_mls"] == pytest.approx(auroc(np.array([5, 4, 3.0]), np.array([1, 3.5])))
     assert set(row) == {"accuracy", "auroc_mls", "oscr_mls", "fpr95_mls"}
+
+
+# ----------------------------------------------------------------------------- non-finite scores (issue 8 §5.2)
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("metric, call", [
+    ("oscr", lambda k, u: oscr(k, np.ones(len(k), bool), u)),
+    ("fpr_at_tpr", lambda k, u: fpr_at_tpr(k, u)),
+    ("auroc", auroc),
+    ("roc", roc),
+])
+def test_every_metric_rejects_non_finite_scores_naming_itself(metric, call):
+    # the issue's example: OSCR of [nan, 1.0] used to be 1.0, FPR@95 a plausible number
+    for k, u, side in (([NAN, 1.0], [0.5, 0.2], "known"), ([0.9, 1.0], [0.5, INF], "unknown"),
+                       ([-INF, 1.0], [0.5], "known")):
+        with pytest.raises(ValueError, match=rf"^{metric}: 1 of \d+ {side} scores are NaN or infinite"):
+            call(np.array(k), np.array(u))
+
+
+def test_openset_and_ood_metrics_reject_non_finite_logits():
+    from gradmix.ood import ood_metrics
+
+    lk, lu = np.array([[2.0, 0.0], [0.0, 1.0]]), np.array([[1.0, NAN]])
+    with pytest.raises(ValueError, match="openset_metrics: 1 unknown logits are NaN"):
+        openset_metrics(lk, np.array([0, 1]), lu)
+    with pytest.raises(ValueError, match=r"ood_metrics \(svhn logits\): 1 of 2 OOD scores"):
+        ood_metrics(lk, {"rotated": lk, "svhn": lu}, ["rotated"], ["svhn"])
+    with pytest.raises(ValueError, match=r"ood_metrics \(in-distribution logits\)"):
+        ood_metrics(lk + INF, {"rotated": lk}, ["rotated"], [])
+
+
+# ----------------------------------------------------------------------------- empty sets (issue 8 §5.4)
+
+@pytest.mark.parametrize("metric, call", [
+    ("fpr_at_tpr", lambda k, u: fpr_at_tpr(k, u)),
+    ("oscr", lambda k, u: oscr(k, np.ones(len(k), bool), u)),
+    ("auroc", auroc),
+    ("roc", roc),
+])
+def test_metrics_given_an_empty_side_name_it(metric, call):
+    # the issue's example: fpr_at_tpr on an empty known set raised a bare IndexError
+    with pytest.raises(ValueError, match=rf"^{metric}: the known test set is empty"):
+        call(np.array([]), np.array([0.3, 0.5]))
+    with pytest.raises(ValueError, match=rf"^{metric}: the unknown test set is empty \(a closed-set run"):
+        call(np.array([0.3, 0.5]), np.array([]))
+
+
+def test_accuracy_of_an_empty_known_set_is_an_error():
+    with pytest.raises(ValueError, match="accuracy: the known test set is empty"):
+        accuracy(np.array([], int), np.array([], int))
+    with pytest.raises(ValueError, match="openset_metrics: the known test set is empty"):
+        openset_metrics(np.zeros((0, 3)), np.zeros(0, int), np.ones((2, 3)))
+
+
+def test_closed_set_reports_accuracy_with_open_set_metrics_absent():
+    lk = np.array([[5.0, 0.0], [0.0, 4.0], [3.0, 0.0]])
+    row = openset_metrics(lk, np.array([0, 1, 1]), np.zeros((0, 2)), ("msp", "mls"))
+    assert row["accuracy"] == pytest.approx(2 / 3)
+    assert all(np.isnan(row[f"{m}_{s}"]) for m in ("auroc", "oscr", "fpr95") for s in ("msp", "mls"))
+    # precomputed scores (the contrastive track's kNN) take the same path
+    row = score_metrics("knn", np.array([0.9, 0.8]), np.array([0, 1]), np.array([0, 0]), np.array([]))
+    assert row["accuracy"] == 0.5 and np.isnan(row["auroc_knn"]) and np.isnan(row["fpr95_knn"])
+    with pytest.raises(ValueError, match="knn score: 1 of 2 known scores"):
+        score_metrics("knn", np.array([NAN, 0.8]), np.array([0, 1]), np.array([0, 0]), np.array([0.1]))
+
+
+def test_tables_mark_absent_metrics_and_never_print_nan():
+    from gradmix.report import results_table
+
+    summary = {"digits": {
+        "erm": {"accuracy": {"mean": 0.9, "std": 0.01, "n": 2}},                        # closed set: left out
+        "cl": {"accuracy": {"mean": 0.8, "std": 0.0, "n": 1},
+               "auroc_mls": {"mean": NAN, "std": NAN, "n": 1}},                          # NaN: absent too
+        "open": {"accuracy": {"mean": 0.7, "std": 0.0, "n": 1}, "auroc_mls": {"mean": 0.6, "std": 0.0, "n": 1}}}}
+    md = results_table(summary, "digits", ["erm", "cl", "open"], ("accuracy", "auroc_mls"))
+    lines = md.splitlines()
+    assert lines[2] == "| erm | **90.0 ± 1.0** | – |"
+    assert lines[3] == "| cl | 80.0 ± 0.0 | – |"
+    assert lines[4] == "| open | 70.0 ± 0.0 | **60.0 ± 0.0** |"
+    assert "nan" not in md.lower()
+    only_open = results_table(summary, "digits", ["erm", "cl"], ("auroc_mls",), "tex")
+    assert "nan" not in only_open.lower() and only_open.count("–") == 2
+    with pytest.raises(KeyError, match="no results for method"):
+        results_table(summary, "digits", ["erm", "gradmix"])

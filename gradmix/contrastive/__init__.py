@@ -1,6 +1,6 @@
 """The contrastive track: SupCon + SimCLR with an extra positive view (GradMix as its authors train it).
 
-Follows gawainxu/GradMix ``main_supcon_old.py`` (shared/research/methods.md §1.3-1.10). For a batch
+Follows gawainxu/GradMix ``main_supcon_old.py``. For a batch
 of B images with two augmented views v1, v2 and Z = normalize(head(encoder([v1; v2]))) (2B, d):
 
     L = γ·L_SupCon(Z, y) + μ·L_SimCLR(Z)
@@ -17,7 +17,7 @@ with w = λ', the fraction of the image the view leaves unmixed (``weight: lam``
 the unsupervised NT-Xent over both views, as the authors), computed by
 :func:`gradmix.attribution.attribute` in a separate pass with BatchNorm statistics frozen and
 gradients taken w.r.t. stage activations only, so nothing leaks into the parameter update (the
-authors' ``main_supcon.py`` leaks; methods.md §1.15). Maps of both views are normalised over the
+authors' ``main_supcon.py`` leaks). Maps of both views are normalised over the
 whole 2B batch; view 1's maps place the box (:func:`gradmix.mixing.gradmix.gradmix`, same box and
 fill options as the cross-entropy track).
 
@@ -42,9 +42,9 @@ this ``__init__`` must not import ``runs`` (which builds on :mod:`gradmix.train`
 from .config import (OBJECTIVES, VIEWS, ContrastiveConfig, ContrastiveMethod, ContrastiveTrainConfig,
                      ViewConfig)
 from .losses import ntxent, supcon_loss
-from .views import (ContrastiveNet, attribution_objective, contrastive_maps, explain, explain_method, extra_view,
-                    loss_from_views, view)
+from .views import (ContrastiveNet, attribution_objective, contrastive_maps, explain, explain_method, extra_mixed,
+                    extra_view, loss_from_views, view)
 
 __all__ = ["OBJECTIVES", "VIEWS", "ContrastiveConfig", "ContrastiveMethod", "ContrastiveTrainConfig",
            "ViewConfig", "ContrastiveNet", "supcon_loss", "ntxent", "view", "attribution_objective",
-           "contrastive_maps", "extra_view", "loss_from_views", "explain", "explain_method"]
+           "contrastive_maps", "extra_view", "extra_mixed", "loss_from_views", "explain", "explain_method"]

@@ -16,7 +16,12 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor | None = None, *, views: i
 
         ℓ_i = -(τ/τ_base) · 1/|P(i)| · Σ_{p∈P(i)} [ z_i·q_p/τ - log Σ_{a≠i} exp(z_i·z_a/τ) ]
 
-    Returns the mean over the V·B anchors, or ℓ (V·B,) with ``reduction="none"``.
+    An anchor without a positive (a class with one image in the batch and ``views=1``, or SimCLR with
+    one view) has no ℓ_i: it is left out of the mean (SupContrast divides 0 by 0 there, NaN), and a
+    batch where no anchor has a positive gives 0 with a zero (not NaN) gradient.
+
+    Returns the mean over the anchors that have a positive, or ℓ (V·B,) with ``reduction="none"``
+    (ℓ_i = 0 where anchor i has no positive).
     """
     n = len(z)
     if n % views:
@@ -32,8 +37,14 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor | None = None, *, views: i
     log_denom = torch.logsumexp(logits.masked_fill(eye, float("-inf")), dim=1, keepdim=True)
     num = logits if positives is None else z @ positives.T / temperature
     log_prob = torch.where(pos, num - log_denom, torch.zeros((), device=z.device))
-    loss = -(temperature / base_temperature) * log_prob.sum(1) / pos.sum(1)
-    return loss.mean() if reduction == "mean" else loss
+    n_pos = pos.sum(1)
+    loss = -(temperature / base_temperature) * log_prob.sum(1) / n_pos.clamp_min(1)   # 0 where no positive
+    if reduction != "mean":
+        return loss
+    has = n_pos > 0
+    if bool(has.all()):
+        return loss.mean()
+    return loss[has].sum() / has.sum().clamp_min(1)
 
 
 def ntxent(z: torch.Tensor, **kw) -> torch.Tensor:

@@ -37,24 +37,29 @@ TRACK = "contrastive"
 
 @torch.no_grad()
 def embed(net: ContrastiveNet, x: torch.Tensor, which: str = "backbone", batch_size: int = 512) -> torch.Tensor:
-    """Encoder features (N, D) or normalised projections (N, feat_dim) in eval mode."""
+    """Encoder features (N, D) or normalised projections (N, feat_dim) in eval mode; N may be 0 (the
+    empty unknown test set of a closed-set run, ``data.known: all``)."""
     was = net.training
     net.eval()
     f = net.features if which == "backbone" else net
-    out = torch.cat([f(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    out = torch.cat([f(x[i:i + batch_size]) for i in range(0, max(len(x), 1), batch_size)])  # (0, D) if empty
     net.train(was)
     return out
 
 
 def evaluate_net(net: ContrastiveNet, data: OpenSetData, cfg: ContrastiveConfig, seed: int = 0) -> dict:
-    """kNN scores on the known and unknown test sets and the linear-probe accuracy, as numpy arrays."""
+    """kNN scores on the known and unknown test sets and the linear-probe accuracy, as numpy arrays.
+
+    A closed-set run (``data.known: all``) has no unknown test images: ``score_knn_unknown`` is empty
+    and :mod:`gradmix.evaluate` reports its open-set metrics as NaN (absent).
+    """
     k = cfg.knn
     feats = {w: (embed(net, data.x_train, w), embed(net, data.x_known, w))
              for w in dict.fromkeys((k.features, cfg.probe.features))}
     train_f, known_f = feats[k.features]
-    s_k, p_k, _ = knn_scores(known_f, train_f, data.y_train, data.num_classes, k.k, k.normalize)
+    s_k, p_k, _ = knn_scores(known_f, train_f, data.y_train, data.num_classes, k.k, k.normalize, k.similarity)
     s_u, _, _ = knn_scores(embed(net, data.x_unknown, k.features), train_f, data.y_train, data.num_classes,
-                           k.k, k.normalize)
+                           k.k, k.normalize, k.similarity)
     train_p, known_p = feats[cfg.probe.features]
     acc, _ = linear_probe(train_p, data.y_train, known_p, data.y_known, data.num_classes, cfg.probe, seed)
     return {"score_knn_known": s_k.cpu().numpy(), "pred_knn_known": p_k.cpu().numpy(),

@@ -1,6 +1,6 @@
 """The contrastive model (encoder + projection head), random views, and one training step's loss.
 
-One step (shared/research/methods.md §1.9, the authors' ``main_supcon_old.py`` order): two views
+One step (the authors' ``main_supcon_old.py`` order): two views
 v1, v2 of the batch; the extra view x̃ of v1 (:func:`extra_view`, whose GradMix maps come from a
 separate attribution pass that touches no parameter gradient and no BatchNorm statistic); then
 :func:`loss_from_views`, one forward of [v1; v2; x̃] and the loss the optimiser steps on.
@@ -88,18 +88,19 @@ def contrastive_maps(net: ContrastiveNet, v: torch.Tensor, labels: torch.Tensor,
                      o.normalize, o.bn, forward=net)
 
 
-def extra_view(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor, v1: torch.Tensor,
-               v2: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-               cfg: ContrastiveConfig, maps: torch.Tensor | None = None):
-    """The extra positive view of v1 (B, C, H, W) and its weight (B,), or (None, None) for ``none``.
+def extra_mixed(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor, v1: torch.Tensor,
+                v2: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+                cfg: ContrastiveConfig, maps: torch.Tensor | None = None):
+    """(extra view (B, C, H, W), its weight (B,), the mixer's :class:`~gradmix.mixing.Mixed` or None).
 
-    ``aug``: a third random view of the clean images x, weight 1. ``mixup`` | ``cutmix`` | ``gradmix``:
-    the mixer of gradmix.mixing applied to v1; weight λ' = ``Mixed.lam`` (``weight: lam``) or 1.
-    GradMix maps (B, H, W) of view 1 may be given; otherwise the attribution pass computes them.
+    As :func:`extra_view`, plus what a trainer logs: the ``Mixed`` of the ``mixup`` | ``cutmix`` |
+    ``gradmix`` view (its :func:`~gradmix.mixing.boxes.masked_fraction` and, for GradMix, which images
+    fell back to a random centre, ``Mixed.fallback``); None for ``aug`` and ``none``.
     """
     if method.view == "none":
-        return None, None
+        return None, None, None
     b = len(v1)
+    mixed = None
     if method.view == "aug":
         xe, lam = view(x, generator, cfg.views), torch.ones(b, device=x.device)
     elif method.view == "gradmix":
@@ -111,7 +112,23 @@ def extra_view(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor, 
     else:
         mixed = MIXERS[method.view].fn(v1, y, num_classes=num_classes, generator=generator, options=method.options)
         xe, lam = mixed.x, mixed.lam
-    return xe, (lam if method.weight == "lam" else torch.ones_like(lam))
+    return xe, (lam if method.weight == "lam" else torch.ones_like(lam)), mixed
+
+
+def extra_view(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor, v1: torch.Tensor,
+               v2: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
+               cfg: ContrastiveConfig, maps: torch.Tensor | None = None):
+    """The extra positive view of v1 (B, C, H, W) and its weight (B,), or (None, None) for ``none``.
+
+    ``aug``: a third random view of the clean images x, weight 1. ``mixup`` | ``cutmix`` | ``gradmix``:
+    the mixer of gradmix.mixing applied to v1; weight λ' = ``Mixed.lam`` (``weight: lam``) or 1.
+    GradMix maps (B, H, W) of view 1 may be given; otherwise the attribution pass computes them (a
+    view whose map is degenerate gets a random in-image box, as in the cross-entropy track).
+    :func:`extra_mixed` also returns the mixer's output.
+    """
+    xe, w, _ = extra_mixed(net, method, x, v1, v2, y, num_classes=num_classes, generator=generator, cfg=cfg,
+                           maps=maps)
+    return xe, w
 
 
 def loss_from_views(net: ContrastiveNet, method: ContrastiveMethod, v1: torch.Tensor, v2: torch.Tensor,

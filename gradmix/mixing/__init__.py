@@ -1,9 +1,12 @@
 """Mixing methods behind one API.
 
 Every mixer is ``mix(x, y, *, num_classes, generator, options, model=None) -> Mixed`` (see
-:class:`~gradmix.mixing.boxes.Mixed`): pure, batched, device-agnostic, never in place. Only the
-attribution-guided methods use ``model``. :data:`MIXERS` maps a ``params.yaml`` mixer name to its
-options dataclass and function; :func:`register_mixer` adds one (docs/extending.md).
+:class:`~gradmix.mixing.boxes.Mixed`): pure, batched, device-agnostic, never in place. Images are
+floating point and come back in their dtype and on their device; labels may have any integer dtype.
+Only the attribution-guided methods use ``model``. :func:`masked_fraction` gives each image's
+replaced fraction (box methods, grafting, R-Mix; None for Mixup) and ``Mixed.fallback`` the GradMix
+images whose attribution map was degenerate, for per-epoch logs. :data:`MIXERS` maps a ``params.yaml``
+mixer name to its options dataclass and function; :func:`register_mixer` adds one (docs/extending.md).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from .boxes import Mixed
+from .boxes import Mixed, masked_fraction
 from .cutmix import CutMixOptions, cutmix
 from .gradmix import GradMixOptions, gradmix
 from .grafting import GraftingOptions, grafting
@@ -68,5 +71,6 @@ def make_mixer(mixer: str, options) -> Callable | None:
     return None if spec.fn is None else partial(spec.fn, options=options)
 
 
-__all__ = ["MIXERS", "MixerSpec", "Mixed", "make_mixer", "register_mixer", "mixup", "cutmix", "gradmix", "rmix", "grafting",
+__all__ = ["MIXERS", "MixerSpec", "Mixed", "masked_fraction", "make_mixer", "register_mixer", "mixup", "cutmix",
+           "gradmix", "rmix", "grafting",
            "MixupOptions", "CutMixOptions", "GradMixOptions", "RMixOptions", "GraftingOptions", "NoOptions"]

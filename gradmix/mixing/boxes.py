@@ -16,13 +16,19 @@ import torch.nn.functional as F
 class Mixed:
     """Output of every mixer.
 
-    x: (N, C, H, W) mixed images (a new tensor; the input is never modified).
-    target: (N, K) soft labels, rows sum to 1.
-    lam: (N,) fraction of each image that is still its own (1 - mixed area; Mixup's λ).
-    weight: (N,) loss weight of each mixed sample.
-    mask: (N, 1, H, W) bool, True where pixels were replaced; None for blending methods (Mixup).
+    x: (N, C, H, W) mixed images in the input's dtype and on its device (a new tensor; the input is
+        never modified).
+    target: (N, K) float32 soft labels, rows sum to 1.
+    lam: (N,) float32 fraction of each image that is still its own (1 - mixed area; Mixup's λ).
+    weight: (N,) float32 loss weight of each mixed sample.
+    mask: (N, 1, H, W) bool, True where pixels were replaced (a box, grafted cells, R-Mix's
+        partner-won pixels); all False when a box method leaves the batch unmixed (``prob``); None
+        for blending methods (Mixup), mixed or not. :func:`masked_fraction` reads it.
     partner: (N,) index in the batch of each sample's mixing partner; None when the batch was not
         mixed (or the method does not report it). Distillation needs it (:mod:`gradmix.distill`).
+    fallback: (N,) bool, True where an attribution-centred box could not use its map (all zero,
+        constant or non-finite) and took a random in-image centre instead; None where no map was
+        used (other mixers, ``centre: random``, a batch left unmixed).
     """
 
     x: torch.Tensor
@@ -31,13 +37,41 @@ class Mixed:
     weight: torch.Tensor
     mask: torch.Tensor | None = None
     partner: torch.Tensor | None = None
+    fallback: torch.Tensor | None = None
 
 
-def unmixed(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> Mixed:
-    """The identity mix: a copy of x, one-hot targets, λ = 1, weight 1, an empty mask."""
+def masked_fraction(mixed: Mixed) -> torch.Tensor | None:
+    """Fraction of each image's pixels that were replaced, (N,) float32, or None for blending methods.
+
+    The exact share of True pixels of ``mixed.mask`` (a box clipped or not, grafted cells, R-Mix's
+    partner-won pixels); 0 for a batch a box method left unmixed. Trainers log its batch mean per
+    epoch so that rows of a table can be compared at equal occlusion.
+    """
+    return None if mixed.mask is None else mask_area(mixed.mask)
+
+
+def mixer_inputs(x: torch.Tensor, y: torch.Tensor, where: str) -> torch.Tensor:
+    """Check a mixer's inputs; return the labels as int64 (any integer dtype is accepted).
+
+    x: (N, C, H, W) floating point images; y: (N,) integer class indices. Raises TypeError for
+    non-floating images or non-integer labels, ValueError for mismatched shapes.
+    """
+    if x.dim() != 4 or not x.is_floating_point():
+        raise TypeError(f"{where}: images must be a floating-point (N, C, H, W) tensor; got {x.dtype} "
+                        f"with shape {tuple(x.shape)}")
+    if y.dim() != 1 or len(y) != len(x):
+        raise ValueError(f"{where}: labels must be (N,) = ({len(x)},); got shape {tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{where}: labels must be integer class indices (any integer dtype); got {y.dtype}")
+    return y.long()
+
+
+def unmixed(x: torch.Tensor, y: torch.Tensor, num_classes: int, box: bool = True) -> Mixed:
+    """The identity mix: a copy of x, one-hot targets, λ = 1, weight 1, an all-False mask
+    (``box=False``, for blending methods: no mask)."""
     ones = torch.ones(len(x), device=x.device)
-    mask = torch.zeros((len(x), 1, *x.shape[2:]), dtype=torch.bool, device=x.device)
-    return Mixed(x.clone(), F.one_hot(y, num_classes).float(), ones, ones, mask)
+    mask = torch.zeros((len(x), 1, *x.shape[2:]), dtype=torch.bool, device=x.device) if box else None
+    return Mixed(x.clone(), F.one_hot(y.long(), num_classes).float(), ones, ones, mask)
 
 
 def coin(prob: float, generator: torch.Generator) -> bool:
@@ -69,10 +103,29 @@ def cut_sizes(lam: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Te
 
 
 def uniform_centres(n: int, h: int, w: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Box centres uniform over the whole image: rows in [0, H), columns in [0, W)."""
+    """Box centres uniform over the whole image: rows in [0, H), columns in [0, W) (CutMix's rule;
+    :func:`box_bounds` then clips the box, so boxes near the border are smaller)."""
     cy = torch.randint(0, h, (n,), generator=generator, device=generator.device).to(device)
     cx = torch.randint(0, w, (n,), generator=generator, device=generator.device).to(device)
     return cy, cx
+
+
+def inside_centres(cut_h: torch.Tensor, cut_w: torch.Tensor, h: int, w: int, generator: torch.Generator,
+                   device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box centres that keep each box inside the image: rows uniform in [cut_h//2, H - cut_h//2), columns
+    likewise (the GradMix authors' ``rand_bbox`` without an activation: ``np.random.randint(cut_h // 2,
+    img_h - cut_h // 2)``), so the box [c - cut//2, c + cut//2) is never clipped. cut_h, cut_w: (N,).
+
+    A side of the whole image (an empty range) gives the centre cut//2. One uniform float64 draw per
+    coordinate from ``generator``: row draws for all N, then column draws.
+    """
+    def draw(cut: torch.Tensor, size: int) -> torch.Tensor:
+        half = (cut // 2).to(device)
+        span = (size - 2 * half).clamp_min(1)
+        u = torch.rand(len(cut), generator=generator, device=generator.device, dtype=torch.float64).to(device)
+        return half + (u * span).long().clamp_max(span - 1)
+
+    return draw(cut_h, h), draw(cut_w, w)
 
 
 def box_bounds(cy, cx, cut_h, cut_w, h: int, w: int):
@@ -101,7 +154,7 @@ def mask_area(mask: torch.Tensor) -> torch.Tensor:
 
 def soft_targets(y: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor, num_classes: int) -> torch.Tensor:
     """lam·onehot(y) + (1 - lam)·onehot(y[partner]): (N, K) rows summing to 1, at most two non-zeros."""
-    one = F.one_hot(y, num_classes).float()
+    one = F.one_hot(y.long(), num_classes).float()
     return lam[:, None] * one + (1.0 - lam[:, None]) * one[partner]
 
 

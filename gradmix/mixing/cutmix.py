@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..checks import check_range
-from .boxes import (Mixed, box_bounds, box_mask, coin, cut_sizes, mask_area, pairing, sample_beta,
+from .boxes import (Mixed, box_bounds, box_mask, coin, cut_sizes, mask_area, mixer_inputs, pairing, sample_beta,
                     soft_targets, uniform_centres, unmixed)
 
 
@@ -29,7 +29,9 @@ class CutMixOptions:
 
 def cutmix(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
            options: CutMixOptions, model=None) -> Mixed:
-    """Mix a batch x (N, C, H, W) with labels y (N,); see the module docstring."""
+    """Mix a batch x (N, C, H, W) (floating point; the result keeps its dtype and device) with labels
+    y (N,) of any integer dtype; see the module docstring."""
+    y = mixer_inputs(x, y, "cutmix")
     if not coin(options.prob, generator):
         return unmixed(x, y, num_classes)
     n, _, h, w = x.shape

@@ -1,8 +1,7 @@
 """GradMix (Xu, Kao, Keuper, arXiv 2505.12803), cross-entropy form.
 
 Follows the authors' code (gawainxu/GradMix ``datautil.py``: ``layer_salient_maps``,
-``salient_cutmix``, ``rand_bbox``; see shared/research/methods.md §1.4-1.7), with the choices the
-sources leave open made explicit:
+``salient_cutmix``, ``rand_bbox``), with the choices the sources leave open made explicit:
 
 1. Attribution (:mod:`gradmix.attribution`): LayerCAM or Grad-CAM of a per-sample score (the
    ground-truth logit | the predicted logit | the CE loss) on the chosen stages, computed in a
@@ -10,8 +9,19 @@ sources leave open made explicit:
    min-max normalised (over the whole batch, as the authors, or per image), upsampled bilinearly and
    summed over stages.
 2. Box: λ = lam_low + lam_span·Beta(α, β) (authors: 0.5 + 0.4·Beta(1, 1), one per batch); side
-   int(S·sqrt(1 - λ)); centred on each image's attribution peak, or on a uniform random point
-   (``centre: random``, the ablation that shows what attribution buys; it skips the attribution pass).
+   int(S·sqrt(1 - λ)); the box is [c - side//2, c + side//2) around a centre c chosen by ``centre``:
+
+   * ``peak``: each image's attribution peak (first arg-max in row-major order), the box clipped to
+     the image as in the authors' ``rand_bbox`` with an activation. An image whose map has no peak
+     (all zero, constant, or any NaN/inf; :func:`~gradmix.attribution.degenerate`) falls back to the
+     ``random`` rule below instead of pixel (0, 0); ``Mixed.fallback`` says which images did.
+   * ``random``: the area-matched ablation that shows what attribution buys (no attribution pass).
+     The centre is uniform in [side//2, S - side//2) per axis, the authors' ``rand_bbox`` without an
+     activation, so the box always lies inside the image and masks the same nominal area as a peak
+     box away from the border.
+   * ``random_clipped``: the centre uniform over the whole image and the box clipped (CutMix's rule;
+     the ablation of earlier versions of this package). Near the border the box is smaller, so it
+     masks about a fifth less than ``peak`` on 16-px images.
 3. Fill: uniform noise U[0, 1) broadcast over channels (the authors' current code) | the whole
    partner image resized into the box (their commented-out line) | the co-located partner patch.
 4. Label: the original label with noise; with a partner fill, the soft label of the exact clipped
@@ -27,12 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from ..attribution import (BN_MODES, METHODS, NORMALIZE, OBJECTIVES, attribute, class_objective, combine,
-                           normalize_map, peak, stage_maps)
+                           degenerate, normalize_map, peak, stage_maps)
 from ..checks import ConfigError, check_choice, check_range
-from .boxes import (Mixed, box_bounds, box_mask, coin, cut_sizes, mask_area, mask_bounds, pairing,
-                    resized_into_boxes, sample_beta, soft_targets, uniform_centres, unmixed)
+from .boxes import (Mixed, box_bounds, box_mask, coin, cut_sizes, inside_centres, mask_area, mask_bounds,
+                    mixer_inputs, pairing, resized_into_boxes, sample_beta, soft_targets, uniform_centres,
+                    unmixed)
 
 FILLS = ("noise", "partner", "colocated")
+CENTRES = ("peak", "random", "random_clipped")
 
 
 @dataclass(frozen=True)
@@ -42,7 +54,7 @@ class GradMixOptions:
     objective: str = "gt_logit"                 # gt_logit | pred_logit | ce
     normalize: str = "batch"                    # batch (authors) | image
     bn: str = "batch"                           # batch statistics, running stats untouched | eval
-    centre: str = "peak"                        # peak | random
+    centre: str = "peak"                        # peak | random (in-image, area-matched) | random_clipped
     fill: str = "noise"                         # noise | partner | colocated
     alpha: float = 1.0
     beta: float = 1.0
@@ -57,7 +69,7 @@ class GradMixOptions:
         check_choice("gradmix.objective", self.objective, OBJECTIVES)
         check_choice("gradmix.normalize", self.normalize, NORMALIZE)
         check_choice("gradmix.bn", self.bn, BN_MODES)
-        check_choice("gradmix.centre", self.centre, {"peak", "random"})
+        check_choice("gradmix.centre", self.centre, CENTRES)
         check_choice("gradmix.fill", self.fill, FILLS)
         check_choice("gradmix.weight", self.weight, {"unmasked", "one"})
         check_range("gradmix.alpha", self.alpha, 0.0, low_open=True)
@@ -71,23 +83,38 @@ class GradMixOptions:
 
 def gradmix(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
             options: GradMixOptions, model=None, maps: torch.Tensor | None = None) -> Mixed:
-    """Mask (or mix) a box around each image's attribution peak; x (N, C, H, W), y (N,).
+    """Mask (or mix) a box around each image's attribution peak; x (N, C, H, W) floating point, y (N,)
+    integer labels of any integer dtype. Returns images in x's dtype and device.
 
-    ``maps`` (N, H, W) may be given to skip the attribution pass (e.g. for display).
+    ``maps`` (N, H, W) may be given to skip the attribution pass (e.g. for display). Images whose map
+    is degenerate get a random in-image centre (module docstring, ``Mixed.fallback``).
     """
     o = options
+    y = mixer_inputs(x, y, "gradmix")
     if not coin(o.prob, generator):
         return unmixed(x, y, num_classes)
     n, c, h, w = x.shape
     lam0 = o.lam_low + o.lam_span * sample_beta(o.alpha, o.beta, n if o.per_sample else 1, generator, x.device)
     cut_h, cut_w = cut_sizes(lam0.expand(n), h, w)
+    fallback = None
     if o.centre == "peak":
         if maps is None:
             if model is None:
                 raise ValueError("gradmix with centre 'peak' needs the model for its attribution pass")
             maps = attribute(model, x, class_objective(o.objective, y), o.stages, o.attribution,
                              o.normalize, o.bn)
-        cy, cx = peak(maps)
+        if maps.shape != (n, h, w):
+            raise ValueError(f"gradmix: maps of shape {tuple(maps.shape)} for images {tuple(x.shape)}; "
+                             f"expected ({n}, {h}, {w})")
+        fallback = degenerate(maps).to(x.device)
+        cy, cx = peak(torch.where(fallback[:, None, None].to(maps.device), torch.zeros((), dtype=maps.dtype,
+                                                                                      device=maps.device), maps))
+        cy, cx = cy.to(x.device), cx.to(x.device)
+        if bool(fallback.any()):          # drawn only then, so runs without fallbacks keep their draws
+            ry, rx = inside_centres(cut_h, cut_w, h, w, generator, x.device)
+            cy, cx = torch.where(fallback, ry, cy), torch.where(fallback, rx, cx)
+    elif o.centre == "random":
+        cy, cx = inside_centres(cut_h, cut_w, h, w, generator, x.device)
     else:
         cy, cx = uniform_centres(n, h, w, generator, x.device)
     bounds = box_bounds(cy, cx, cut_h, cut_w, h, w)
@@ -102,7 +129,7 @@ def gradmix(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: to
         fill = x[perm] if o.fill == "colocated" else resized_into_boxes(x[perm], bounds, h, w)
         target = soft_targets(y, perm, lam, num_classes)
     weight = lam.clone() if o.weight == "unmasked" else torch.ones(n, device=x.device)
-    return Mixed(torch.where(mask, fill, x), target, lam, weight, mask)
+    return Mixed(torch.where(mask, fill, x), target, lam, weight, mask, fallback=fallback)
 
 
 def explain(model, x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,

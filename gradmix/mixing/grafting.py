@@ -1,6 +1,6 @@
 """Saliency Grafting (Park, Yang, Shin, Hwang, Yang; AAAI 2022, arXiv 2112.08796).
 
-No code is public and the paper's method section could not be read (shared/research/methods.md §3).
+No code is public and the paper's method section could not be read.
 The paper states three ingredients: (a) a saliency map that is temperature-scaled, normalised and
 truncated by a threshold; (b) candidate regions sampled stochastically (Bernoulli) and grafted
 from one sample onto another; (c) a label mixed in a saliency-calibrated way, not by area. Every
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import check_choice, check_range
-from .boxes import Mixed, coin, pairing, unmixed
+from .boxes import Mixed, coin, mixer_inputs, pairing, unmixed
 from .saliency import SALIENCY_BN, gradient_saliency, pool_to_grid, upsample_cells
 
 LABELS = ("saliency", "area")
@@ -84,6 +84,7 @@ def grafting_parts(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, genera
     ``saliency`` may be given to skip the gradient pass.
     """
     o = options
+    y = mixer_inputs(x, y, "grafting")
     if not coin(o.prob, generator):
         return None
     n, _, h, w = x.shape
@@ -94,7 +95,7 @@ def grafting_parts(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, genera
         if model is None:
             raise ValueError("grafting needs the model for its saliency pass")
         saliency = gradient_saliency(model, x, y, o.source, o.bn)
-    cells = pool_to_grid(saliency, o.grid)
+    cells = pool_to_grid(saliency.float(), o.grid)        # float32 whatever the model's dtype
     cells = cells / cells.flatten(1).sum(1).clamp_min(torch.finfo(cells.dtype).tiny)[:, None, None]
     p = graft_probabilities(cells, o.temperature, o.threshold)
     perm = pairing(n, generator, x.device)
@@ -122,7 +123,8 @@ def grafting_parts(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, genera
 
 def grafting(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
              options: GraftingOptions, model=None, saliency: torch.Tensor | None = None) -> Mixed:
-    """Saliency Grafting of a batch x (N, C, H, W) with labels y (N,); see the module docstring."""
+    """Saliency Grafting of a batch x (N, C, H, W) (floating point; the result keeps its dtype and
+    device) with labels y (N,) of any integer dtype; see the module docstring."""
     parts = grafting_parts(x, y, num_classes=num_classes, generator=generator, options=options, model=model,
                            saliency=saliency)
     return unmixed(x, y, num_classes) if parts is None else parts["mixed"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..checks import check_range
-from .boxes import Mixed, coin, pairing, sample_beta, soft_targets, unmixed
+from .boxes import Mixed, coin, mixer_inputs, pairing, sample_beta, soft_targets, unmixed
 
 
 @dataclass(frozen=True)
@@ -24,12 +24,14 @@ class MixupOptions:
 
 def mixup(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
           options: MixupOptions, model=None) -> Mixed:
-    """Mix a batch x (N, C, H, W) with labels y (N,); see the module docstring."""
+    """Mix a batch x (N, C, H, W) (floating point; the result keeps its dtype and device) with labels
+    y (N,) of any integer dtype; see the module docstring. Blending leaves no mask (``Mixed.mask`` None)."""
+    y = mixer_inputs(x, y, "mixup")
     if not coin(options.prob, generator):
-        return unmixed(x, y, num_classes)
+        return unmixed(x, y, num_classes, box=False)
     n = len(x)
     lam = sample_beta(options.alpha, options.alpha, 1, generator, x.device).expand(n)
     perm = pairing(n, generator, x.device)
-    l4 = lam[:, None, None, None]
+    l4 = lam[:, None, None, None].to(x.dtype)       # float32 λ would promote fp16/bf16 images
     return Mixed(l4 * x + (1 - l4) * x[perm], soft_targets(y, perm, lam, num_classes), lam.clone(),
                  torch.ones(n, device=x.device), partner=perm)

@@ -1,6 +1,6 @@
 """R-Mix (Luu et al., "Expeditious Saliency-guided Mix-up through Random Gradient Thresholding",
 arXiv 2212.04875; official minhlong94/Random-Mixup ``environment.py: compute_saliency`` and
-``mixup.py: mix_topleast_choose_top``, the CIFAR path; shared/research/methods.md §4).
+``mixup.py: mix_topleast_choose_top``, the CIFAR path).
 
 Per batch:
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import ConfigError, check_choice, check_range
-from .boxes import Mixed, coin, pairing, sample_beta, unmixed
+from .boxes import Mixed, coin, mixer_inputs, pairing, sample_beta, unmixed
 from .saliency import SALIENCY_BN, gradient_saliency, pool_to_grid, upsample_cells
 
 
@@ -71,6 +71,7 @@ def rmix_parts(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator:
     ``saliency`` may be given to skip the gradient pass.
     """
     o = options
+    y = mixer_inputs(x, y, "rmix")
     if not coin(o.prob, generator):
         return None
     n, _, h, w = x.shape
@@ -81,7 +82,7 @@ def rmix_parts(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator:
         if model is None:
             raise ValueError("rmix needs the model for its saliency pass")
         saliency = gradient_saliency(model, x, y, "input", o.bn)
-    cells = pool_to_grid(saliency, g)
+    cells = pool_to_grid(saliency.float(), g)          # float32 whatever the model's dtype (quantile needs it)
     cells = cells / cells.flatten(1).sum(1).clamp_min(torch.finfo(cells.dtype).tiny)[:, None, None]
     levels = torch.linspace(0.0, o.q_max, o.q_levels, device=x.device)
     q = levels[_draw_int(o.q_levels, n, generator).to(x.device)]
@@ -95,7 +96,8 @@ def rmix_parts(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator:
     own = ~blend & salient
     other = ~blend & partner_salient
     xp = x[perm]
-    mixed_x = torch.where(blend, w1 * x + (1 - w1) * xp, torch.where(salient, x, xp))
+    wx = w1.to(x.dtype)                                                 # keep the images' dtype
+    mixed_x = torch.where(blend, wx * x + (1 - wx) * xp, torch.where(salient, x, xp))
     area = lambda m: m.flatten(1).float().mean(1)  # noqa: E731
     a, b, c = area(blend), area(own), area(other)
     one = F.one_hot(y, num_classes).float()
@@ -108,7 +110,8 @@ def rmix_parts(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator:
 
 def rmix(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
          options: RMixOptions, model=None, saliency: torch.Tensor | None = None) -> Mixed:
-    """R-Mix a batch x (N, C, H, W) with labels y (N,); see the module docstring."""
+    """R-Mix a batch x (N, C, H, W) (floating point; the result keeps its dtype and device) with labels
+    y (N,) of any integer dtype; see the module docstring."""
     parts = rmix_parts(x, y, num_classes=num_classes, generator=generator, options=options, model=model,
                        saliency=saliency)
     return unmixed(x, y, num_classes) if parts is None else parts["mixed"]
