@@ -68,8 +68,9 @@ def explore_figure(root, method: str, *, attribution: str = "layercam", stages=(
 
 class Explorer:
     """ipywidgets controls (method, attribution, stages, objective, fill, centre, image index) over
-    :func:`explore_figure`; every change redraws. ``figure`` holds the latest figure, ``controls``
-    the widgets by name, ``ui`` the widget to display (a notebook displays the Explorer itself)."""
+    :func:`explore_figure`; every change redraws. ``figure`` holds the latest figure, ``error`` the
+    message of a failed redraw ("" if none), ``controls`` the widgets by name, ``ui`` the widget to
+    display (a notebook displays the Explorer itself)."""
 
     def __init__(self, root, method: str | None = None, *, attribution: str = "layercam", stages=(),
                  objective: str = "", fill: str = "noise", centre: str = "peak", index: int = 0,
@@ -85,7 +86,7 @@ class Explorer:
         method = method or next(iter(self.runs))
         check_choice("explore method", method, self.runs)
         ch = run_choices(self.runs[method])
-        self.figure = None
+        self.figure, self.error = None, ""
         self._hold = False
         wide = {"description_width": "70px"}
         self.controls = {
@@ -131,12 +132,25 @@ class Explorer:
         self.draw()
 
     def draw(self, *_):
-        """Redraw the view for the current control values into the output area."""
+        """Redraw the view for the current control values into the output area. A bad combination
+        chosen with the controls shows its error message there (the first view raises it)."""
         if self._hold:
             return
         from IPython.display import display
 
-        fig = explore_figure(self.root, **self.values(), **self.fixed)
+        from .config import ConfigError
+
+        try:
+            fig = explore_figure(self.root, **self.values(), **self.fixed)
+        except (ConfigError, ValueError, IndexError) as e:
+            if self.figure is None:
+                raise
+            self.error = f"{type(e).__name__}: {e}"
+            with self.output:
+                self.output.clear_output(wait=True)
+                print(self.error)
+            return
+        self.error = ""
         with self.output:
             self.output.clear_output(wait=True)
             display(fig)

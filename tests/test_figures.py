@@ -244,7 +244,9 @@ def test_gallery_colourbar_lambdas_and_smoke_title(trained, params_file):
         (box,) = ax.patches
         h, w = ax.images[0].get_array().shape[:2]
         assert lam_prime == pytest.approx(1 - box.get_width() * box.get_height() / (h * w), abs=0.005)
-        if box.get_x() > 0 and box.get_y() > 0 and box.get_x() + box.get_width() < w - 1:   # not clipped
+        inside = (box.get_x() > 0 and box.get_y() > 0 and box.get_x() + box.get_width() < w - 1
+                  and box.get_y() + box.get_height() < h - 1)
+        if inside:                                                          # the box was not clipped
             side = int(h * (1 - lam) ** 0.5)
             assert box.get_height() in (2 * ((side - 1) // 2), 2 * (side // 2), 2 * ((side + 1) // 2))
     assert "λ′: fraction left unmasked" in fig._supxlabel.get_text()
@@ -329,3 +331,19 @@ def test_explorer_redraws_on_every_control(trained, params_file):
         explore.explore_figure(trained, "erm")
     with pytest.raises(IndexError, match="image index 9999"):
         explore.explore_figure(trained, "gradmix", index=9999)
+
+
+def test_explorer_shows_a_failed_redraw_and_keeps_the_last_view(trained, monkeypatch):
+    from gradmix import explore
+
+    view = explore.Explorer(trained, "gradmix", n_images=1)
+    before = view.figure
+
+    def refuse(*_, **kw):
+        raise ConfigError(f"gradmix.fill: invalid value {kw['fill']!r}")
+
+    monkeypatch.setattr(explore, "explore_figure", refuse)
+    view.controls["fill"].value = "colocated"
+    assert view.error == "ConfigError: gradmix.fill: invalid value 'colocated'" and view.figure is before
+    with pytest.raises(ConfigError):                                   # the first view fails loudly
+        explore.Explorer(trained, "gradmix")
