@@ -17,12 +17,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 
-from .config import ConfigError, CorruptionConfig, OODConfig
+from .checks import ConfigError
+from .config import CorruptionConfig, OODConfig
 from .corruption import cifar10c, corrupt
 from .data import load_openset
 from .evaluate import aggregate, find_runs, run_config
@@ -165,56 +165,12 @@ def run_all(runs_dir, cfg, out_dir, methods=None) -> tuple[pd.DataFrame, pd.Data
 
 
 # ---------------------------------------------------------------------------------------------
-# figures and tables
+# tables (the figures are gradmix.figures.ood_figure and corruption_figure)
 
 
 def ood_columns(ood: OODConfig, score: str, metric: str = "auroc") -> list[str]:
     return ([f"{s}/{metric}_{score}" for s in ood.near] + ([f"near/{metric}_{score}"] if ood.near else [])
             + [f"{s}/{metric}_{score}" for s in ood.far] + ([f"far/{metric}_{score}"] if ood.far else []))
-
-
-def ood_figure(df: pd.DataFrame, ood: OODConfig, score: str = "mls", order=None):
-    """AUROC and FPR@95%TPR per OOD set (and near/far means), one bar per method, mean over runs."""
-    order = order or list(dict.fromkeys(df["method"]))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), squeeze=False)
-    for ax, metric, title in zip(axes[0], ("auroc", "fpr95"), ("AUROC (ID positive)", "FPR at 95% TPR")):
-        cols = ood_columns(ood, score, metric)
-        means = df.groupby("method")[cols].mean().reindex(order)
-        means.columns = [c.split("/")[0] for c in cols]
-        means.T.plot.bar(ax=ax, width=0.8, legend=False)
-        ax.set_title(f"{title}, score = {score.upper()}")
-        ax.set_ylim(0, 1)
-        ax.tick_params(axis="x", rotation=30)
-    axes[0][1].legend(fontsize=7, ncol=2, loc="upper right")
-    fig.tight_layout()
-    return fig
-
-
-def corruption_figure(df: pd.DataFrame, cc: CorruptionConfig, order=None):
-    """Left: accuracy against severity (mean over corruptions; 0 = clean). Right: method × corruption."""
-    order = order or list(dict.fromkeys(df["method"]))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1, 1.6]})
-    g = df.groupby("method")
-    sev = [0] + list(cc.severities)
-    for method in order:
-        m = g.get_group(method)
-        axes[0].plot(sev, [m["clean"].mean()] + [m[f"s{s}/mean"].mean() for s in cc.severities],
-                     marker="o", label=method)
-    axes[0].set_xlabel("severity (0 = clean)")
-    axes[0].set_ylabel("accuracy (known classes)")
-    axes[0].legend(fontsize=7)
-    heat = g[[f"{c}/mean" for c in cc.corruptions]].mean().reindex(order)
-    im = axes[1].imshow(heat.values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    axes[1].set_xticks(range(len(cc.corruptions)), cc.corruptions, rotation=40, ha="right", fontsize=7)
-    axes[1].set_yticks(range(len(order)), order, fontsize=7)
-    for i in range(heat.shape[0]):
-        for j in range(heat.shape[1]):
-            v = heat.values[i, j]
-            axes[1].text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7, color="k" if v > 0.6 else "w")
-    fig.colorbar(im, ax=axes[1], fraction=0.03)
-    axes[1].set_title("accuracy, mean over severities")
-    fig.tight_layout()
-    return fig
 
 
 def tables(ood_summary: dict, cor_summary: dict, cfg, methods, fmt: str = "md") -> dict[str, str]:

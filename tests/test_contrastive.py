@@ -10,7 +10,7 @@ import torch
 import yaml
 from torch import nn
 
-from gradmix import config, contrastive, evaluate, report, train, trainers
+from gradmix import config, contrastive, evaluate, figures, report, train, trainers
 from gradmix.contrastive import runs
 from gradmix.config import ConfigError
 from gradmix.contrastive import (ContrastiveMethod, ContrastiveNet, ContrastiveTrainConfig, ViewConfig,
@@ -400,7 +400,7 @@ def test_tracks_side_by_side_in_metrics_and_tables(tiny, tmp_path):
     table = report.results_table(summary, "digits", ["erm", "supcon_none"], ("accuracy", "auroc_mls", "auroc_knn"))
     lines = table.splitlines()
     assert lines[2].endswith("| – |") and "| – |" in lines[3]
-    s_k, s_u, _ = report._scores(tmp_path / "supcon_none" / "split0-seed0", "knn")   # figures read kNN scores
+    s_k, s_u, _ = figures._scores(tmp_path / "supcon_none" / "split0-seed0", "knn")   # figures read kNN scores
     assert np.array_equal(s_k, np.load(tmp_path / "supcon_none" / "split0-seed0" / "scores.npz")["score_knn_known"])
 
 

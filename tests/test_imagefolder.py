@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from gradmix import config, data, evaluate, report, robustness, trainers
+from gradmix import config, data, evaluate, figures, gallery, report, robustness, trainers
 from gradmix.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +46,9 @@ def test_imagefolder_through_train_evaluate_figures_tables(tmp_path):
     assert list(summary) == ["imagefolder"] and list(summary["imagefolder"]) == methods
     assert summary["imagefolder"]["erm"]["auroc_mls"]["n"] == 2
     frame = evaluate.evaluate_runs(runs, methods)
-    report.save(report.metrics_figure(frame, order=methods), results / "figures" / "metrics.png")
-    report.save(report.roc_figure(runs, methods), results / "figures" / "roc.png")
-    report.save(report.gallery_from_run(evaluate.find_runs(runs, ["gradmix"])[0], 3), results / "figures" / "gallery.png")
+    figures.save(figures.metrics_figure(frame, order=methods), results / "figures" / "metrics.png")
+    figures.save(figures.roc_figure(runs, methods), results / "figures" / "roc.png")
+    figures.save(gallery.gallery_from_run(evaluate.find_runs(runs, ["gradmix"])[0], 3), results / "figures" / "gallery.png")
     table = report.results_table(json.loads((results / "metrics.json").read_text()), "imagefolder", methods)
     assert table.startswith("| Method |") and "gradmix" in table
     ood_rows, cor_rows = robustness.run_all(runs, cfg, results, methods)

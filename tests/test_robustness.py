@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import archives as A
-from gradmix import config, corruption as C, datasets, ood, robustness, train, trainers
+from gradmix import config, corruption as C, datasets, figures, ood, robustness, train, trainers
 from gradmix.download import Resource
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,8 +99,8 @@ def test_evaluations_on_trained_digit_runs(smoke_cfg, runs, tmp_path):
     tables = robustness.tables(json.loads((tmp_path / "ood.json").read_text()), summary, smoke_cfg,
                                ["erm", "gradmix"])
     assert set(tables) == {"ood_digits", "corruption_digits"} and "near" in tables["ood_digits"]
-    robustness.ood_figure(o, smoke_cfg.ood)
-    robustness.corruption_figure(c, smoke_cfg.corruption)
+    figures.ood_figure(o, smoke_cfg.ood)
+    figures.corruption_figure(c, smoke_cfg.corruption)
 
 
 def test_cifar10c_evaluation_end_to_end(tmp_path, smoke_cfg):
