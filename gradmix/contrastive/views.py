@@ -90,12 +90,13 @@ def contrastive_maps(net: ContrastiveNet, v: torch.Tensor, labels: torch.Tensor,
 
 def extra_view(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor, v1: torch.Tensor,
                v2: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-               cfg: ContrastiveConfig, maps: torch.Tensor | None = None):
+               cfg: ContrastiveConfig, maps: torch.Tensor | None = None, stats=None):
     """The extra positive view of v1 (B, C, H, W) and its weight (B,), or (None, None) for ``none``.
 
     ``aug``: a third random view of the clean images x, weight 1. ``mixup`` | ``cutmix`` | ``gradmix``:
     the mixer of gradmix.mixing applied to v1; weight λ' = ``Mixed.lam`` (``weight: lam``) or 1.
     GradMix maps (B, H, W) of view 1 may be given; otherwise the attribution pass computes them.
+    ``stats`` (a gradmix.epochlog.EpochStats) records the mixer's output (masked fraction, fallback).
     """
     if method.view == "none":
         return None, None
@@ -111,6 +112,8 @@ def extra_view(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor, 
     else:
         mixed = MIXERS[method.view].fn(v1, y, num_classes=num_classes, generator=generator, options=method.options)
         xe, lam = mixed.x, mixed.lam
+    if stats is not None and method.view != "aug":
+        stats.mixed(mixed)
     return xe, (lam if method.weight == "lam" else torch.ones_like(lam))
 
 
