@@ -33,7 +33,6 @@ Open-set scoring is the maximum logit (MLS), the pipeline's ``evaluate.primary_s
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from dataclasses import dataclass
 from functools import partial
@@ -167,6 +166,8 @@ def train_teacher(cfg: Config, split: int, seed: int, out_dir: str | Path, data=
 
 def train_teachers(cfg: Config, out_root: str | Path | None = None) -> list[Path]:
     """Train the teachers of every split and seed into ``out_root`` (default ``cfg.teacher.dir``)."""
+    from functools import cache
+
     from .data import load_openset
     from .train import resolve_device, run_name
 
@@ -176,7 +177,7 @@ def train_teachers(cfg: Config, out_root: str | Path | None = None) -> list[Path
     device = resolve_device(cfg.train.device)
     out = []
     for split in cfg.data.splits:
-        data = load_openset(cfg.data, split, device)
+        data = cache(partial(load_openset, cfg.data, split, device))   # loaded only if a teacher trains
         for seed in cfg.train.seeds:
             out.append(train_teacher(cfg, split, seed, out_root / run_name(split, seed), data))
     return out
@@ -184,10 +185,12 @@ def train_teachers(cfg: Config, out_root: str | Path | None = None) -> list[Path
 
 def check_teachers(cfg: Config) -> None:
     """Fail before training if ``teacher.dir`` lacks a finished teacher run of some split and seed."""
+    from .rundir import run_problem
+
     if not cfg.teacher.dir:
         return
     missing = [str(teacher_dir(cfg, s, k)) for s in cfg.data.splits for k in cfg.train.seeds
-               if not (teacher_dir(cfg, s, k) / "model.pt").is_file()]
+               if run_problem(teacher_dir(cfg, s, k)) is not None]
     if missing:
         raise FileNotFoundError(f"no trained teacher in {missing}: run the teacher stage first "
                                 f"(`dvc repro teacher`, or gradmix.distill.train_teachers(cfg))")
@@ -203,10 +206,13 @@ def load_teacher(cfg: Config, split: int, seed: int, data, device) -> nn.Module:
         path = teacher_dir(cfg, split, seed)
     else:
         path = train_teacher(cfg, split, seed, Path(tempfile.mkdtemp(prefix="gradmix-teacher-")) / "run", data)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no trained teacher at {path}: run the teacher stage first "
-                                f"(`dvc repro teacher`, or gradmix.distill.train_teachers(cfg))")
-    info = json.loads((path / "config.json").read_text())
+    from .rundir import IncompleteRunError, read_config
+
+    try:
+        info = read_config(path)                     # a finished run, verified
+    except IncompleteRunError as e:
+        raise FileNotFoundError(f"no trained teacher at {path} ({e}): run the teacher stage first "
+                                f"(`dvc repro teacher`, or gradmix.distill.train_teachers(cfg))") from None
     theirs, ours = info["data"], dataclasses.asdict(cfg.data)
     for key in ("dataset", "image_size", "test_fraction", "split_seed", "max_train"):
         if theirs.get(key) != ours[key]:

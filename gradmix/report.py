@@ -57,11 +57,12 @@ def _scores(run_dir: Path, score: str):
     return s_k, s_u, pred == z["labels_known"]
 
 
-def roc_figure(root, methods, score: str = "mls"):
-    """ROC curves (known positive) of every run, one panel per method, one line per split/seed."""
+def roc_figure(root, methods, score: str = "mls", expected=None):
+    """ROC curves (known positive) of every run, one panel per method, one line per split/seed.
+    ``expected``: the planned run names (gradmix.evaluate.find_runs); a missing one fails by name."""
     fig, axes = _panels(len(methods), 3.2, 3.3)
     for ax, method in zip(axes, methods):
-        for d in find_runs(root, [method]):
+        for d in find_runs(root, [method], expected):
             fpr, tpr = roc(*_scores(d, score)[:2])
             ax.plot(fpr, tpr, lw=1, alpha=0.8, label=d.name)
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
@@ -75,11 +76,12 @@ def roc_figure(root, methods, score: str = "mls"):
     return fig
 
 
-def score_distribution_figure(root, methods, score: str = "mls"):
-    """Histograms of the known-ness score, known vs unknown test samples, pooled over splits/seeds."""
+def score_distribution_figure(root, methods, score: str = "mls", expected=None):
+    """Histograms of the known-ness score, known vs unknown test samples, pooled over splits/seeds
+    (``expected`` as in :func:`roc_figure`)."""
     fig, axes = _panels(len(methods), 3.2, 2.8)
     for ax, method in zip(axes, methods):
-        ks, us = zip(*[_scores(d, score)[:2] for d in find_runs(root, [method])])
+        ks, us = zip(*[_scores(d, score)[:2] for d in find_runs(root, [method], expected)])
         k, u = np.concatenate(ks), np.concatenate(us)
         bins = np.histogram_bin_edges(np.concatenate([k, u]), bins=30)
         ax.hist(k, bins=bins, alpha=0.6, density=True, label="known")
