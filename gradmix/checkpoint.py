@@ -239,7 +239,9 @@ class RunWriter:
         first = len(self.log) + 1
         self.history.append({"from_epoch": first, "host": socket.gethostname(), "pid": os.getpid(),
                              "device": str(self.device), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        say(f"{self.label}: training on {self.device}, epochs {first}-{self.epochs} of {self.epochs} -> {self.out_dir}")
+        say(f"{self.label}: training on {self.device}, epochs {first}-{self.epochs} of {self.epochs} -> {self.out_dir}"
+            if first <= self.epochs else f"{self.label}: all {self.epochs} epochs done on {self.device}; "
+                                          f"writing the run -> {self.out_dir}")
         self.live = LiveLog(self.staging / LIVE_DIR, self.log)
         return self.log
 

@@ -22,7 +22,8 @@ import pandas as pd
 
 from .config import Config, from_dict
 from .metrics import accuracy, auroc, fpr_at_tpr, openset_metrics, oscr
-from .rundir import CorruptFileError, IncompleteRunError, find_finished, planned_runs, read_config  # noqa: F401
+from .rundir import (CorruptFileError, IncompleteRunError, atomic_write, find_finished, planned_runs,  # noqa: F401
+                     read_config)
 
 
 def read_run(run_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -164,11 +165,10 @@ def aggregate(df: pd.DataFrame) -> dict:
 def evaluate(root: str | Path, out_dir: str | Path, methods=None, scores=("msp", "mls"), expected=None) -> dict:
     """Evaluate every planned run under ``root`` (``expected``, as in :func:`find_runs`); write
     ``out_dir/metrics.json`` and ``out_dir/runs.csv``. Nothing is written if a planned run is
-    missing or unfinished."""
+    missing or unfinished, and each file is replaced atomically (a killed evaluation leaves the old one)."""
     df = evaluate_runs(root, methods, scores, expected)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     summary = aggregate(df)
-    df.to_csv(out_dir / "runs.csv", index=False)
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(out_dir / "runs.csv", df.to_csv(index=False))
+    atomic_write(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     return summary
