@@ -139,6 +139,22 @@ def interrupted(cfg, method, out, after_epoch=1):
     return checkpoint.checkpoint_folder(out, cfg.train.checkpoint_dir)
 
 
+@pytest.mark.parametrize("model, stop", [("vgg32", 1), ("small_cnn", 2)])
+def test_resumed_run_matches_an_uninterrupted_one(tiny, tmp_path, capsys, model, stop):
+    """vgg32's dropout draws from torch's global RNG, whose state the checkpoint carries; a run stopped
+    after its last epoch's checkpoint (before the run was written) only writes the run when resumed."""
+    cfg = config.replace(tiny, model={"name": model}, data={"max_train": 64})
+    out = tmp_path / "a" / "erm" / "split0-seed0"
+    interrupted(cfg, "erm", out, after_epoch=stop)
+    capsys.readouterr()
+    train.train_run(cfg, "erm", 0, 0, out)
+    said = capsys.readouterr().out
+    assert f"resumed erm/split0-seed0 from epoch {stop} (" in said
+    assert ("all 2 epochs done" in said) == (stop == 2) and ("epoch 2/2" in said) == (stop == 1 and cfg.train.progress)
+    ref = train.train_run(cfg, "erm", 0, 0, tmp_path / "b" / "erm" / "split0-seed0")
+    assert (out / "scores.npz").read_bytes() == (ref / "scores.npz").read_bytes()
+
+
 def test_changed_config_starts_fresh(tiny, tmp_path, capsys):
     out = tmp_path / "erm" / "split0-seed0"
     folder = interrupted(tiny, "erm", out)
