@@ -199,7 +199,8 @@ class RunWriter:
             try:
                 marker = verify_run(self.out_dir)
             except (IncompleteRunError, CorruptFileError) as e:
-                say(f"{self.label}: {e}; training it again")
+                say(f"{self.label}: {self.out_dir} is not a usable finished run ({e}); it is replaced when "
+                    f"this run finishes")
             else:
                 if marker["identity_hash"] == self.hash:
                     if _marker_hash(self.folder / "final") != self.hash:
@@ -207,7 +208,7 @@ class RunWriter:
                     say(f"{self.label}: already finished in {self.out_dir}; not retrained")
                     return True
                 say(f"{self.label}: {self.out_dir} was trained differently "
-                    f"({identity_diff(marker.get('identity'), self.identity)}); training it again")
+                    f"({identity_diff(marker.get('identity'), self.identity)}); it is replaced when this run finishes")
         final = self.folder / "final"
         if (final / MARKER).is_file():
             try:

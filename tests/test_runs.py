@@ -198,6 +198,11 @@ def test_finished_run_is_not_retrained_and_is_restored_after_deletion(tiny, tmp_
     said = capsys.readouterr().out
     assert "restored cutmix/split0-seed0 from its finished copy" in said and "training on" not in said
     assert (out / "scores.npz").read_bytes() == scores and rundir.run_problem(out, digests=True) is None
+    train.train_run(config.replace(cfg, train={"label_smoothing": 0.1}), "cutmix", 0, 0, out)   # a changed config
+    said = capsys.readouterr().out
+    assert "was trained differently (train.label_smoothing 0.0 -> 0.1)" in said and "training on cpu" in said
+    assert (out / "scores.npz").read_bytes() != scores
+    assert json.loads((out / "config.json").read_text())["train"]["label_smoothing"] == 0.1
 
 
 def test_second_writer_fails_at_once_naming_the_first(tiny, tmp_path):
