@@ -169,12 +169,15 @@ def train_teachers(cfg: Config, out_root: str | Path | None = None) -> list[Path
     from functools import cache
 
     from .data import load_openset
+    from .epochlog import say
     from .train import resolve_device, run_name
 
     out_root = Path(out_root or cfg.teacher.dir)
     if not str(out_root) or str(out_root) == ".":
         raise ConfigError("teacher.dir: empty; name the folder the teacher runs go to")
     device = resolve_device(cfg.train.device)
+    say(f"teacher ({cfg.teacher.name}): {len(cfg.data.splits)} split(s) {list(cfg.data.splits)} x "
+        f"{len(cfg.train.seeds)} seed(s) {list(cfg.train.seeds)} x {cfg.train.epochs} epochs on {device} -> {out_root}")
     out = []
     for split in cfg.data.splits:
         data = cache(partial(load_openset, cfg.data, split, device))   # loaded only if a teacher trains
