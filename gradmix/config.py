@@ -124,10 +124,13 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"            # auto | cpu | cuda | cuda:N
-    progress: bool = True           # tqdm bar
+    progress: bool = True           # one line per epoch (loss, accuracy, AUROC)
+    checkpoint_every: int = 1       # epochs between resumable checkpoints; 0 = none (gradmix.checkpoint)
+    checkpoint_dir: str = "checkpoints"  # checkpoints and finished-run copies: <dir>/<run dir>; "" = <run>.ckpt
 
     def __post_init__(self):
         check_range("train.epochs", self.epochs, 1)
+        check_range("train.checkpoint_every", self.checkpoint_every, 0)
         check_range("train.batch_size", self.batch_size, 1)
         check_choice("train.optimizer", self.optimizer, {"sgd", "adam"})
         check_range("train.lr", self.lr, 0.0, low_open=True)

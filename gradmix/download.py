@@ -153,12 +153,17 @@ def urls_for(res: Resource, mirror: str = "") -> list[str]:
     return [f"{mirror.rstrip('/')}/{res.filename}"] if mirror else list(res.urls)
 
 
-def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
+def _transfer(url: str, part: Path, timeout: float, progress: bool, size: int = 0) -> None:
     """Append the rest of ``url`` to ``part`` (HTTP Range from its current size).
 
-    Raises DownloadError on an incomplete body (the part file is kept for the next resume).
+    Never writes past the expected size: ``size`` (the published one) when known, else the length the
+    server announces; a server that sends more (a wrong or padded file, a body without a length) is
+    cut off there, and the checksum decides. Raises DownloadError on an incomplete body (the part file
+    is kept for the next resume).
     """
     have = part.stat().st_size if part.exists() else 0
+    if size and have >= size:            # complete (or too long: the size check quarantines it)
+        return
     req = urllib.request.Request(url, headers={"User-Agent": "gradmix-download/1"})
     if have:
         req.add_header("Range", f"bytes={have}-")
@@ -173,13 +178,15 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
             have = 0
         length = resp.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
+        if size:
+            total = size if total is None else min(total, size)
         mode = "ab" if have else "wb"
         got = have
         with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                          desc=part.name[:-5], disable=not progress, mininterval=1.0) as bar:
-            while True:
+            while total is None or got < total:
                 try:
-                    block = resp.read(CHUNK)
+                    block = resp.read(CHUNK if total is None else min(CHUNK, total - got))
                 except (OSError, http.client.HTTPException) as e:  # connection dropped mid-body
                     raise DownloadError(f"{url}: transfer interrupted after {got} bytes ({e})") from None
                 if not block:
@@ -217,7 +224,7 @@ def fetch(res: Resource, root: str | Path, mirror: str = "", *, retries: int = 3
         for url in urls_for(res, mirror):
             for _ in range(retries + 1):
                 try:
-                    _transfer(url, part, timeout, progress)
+                    _transfer(url, part, timeout, progress, res.size)
                 except DownloadError as e:      # interrupted mid-body: resume from the part file
                     errors.append(str(e))
                     continue

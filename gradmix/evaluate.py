@@ -4,10 +4,17 @@ A run's ``scores.npz`` holds classifier logits (``logits_known``, ``logits_unkno
 ``evaluate.scores``) and/or precomputed known-ness scores ``score_<name>_known``,
 ``score_<name>_unknown`` with predictions ``pred_<name>_known`` (e.g. the contrastive track's kNN),
 plus optional scalar metrics ``metric_<name>`` (e.g. ``metric_probe_accuracy``).
+
+Only finished runs are read (:mod:`gradmix.rundir`: a valid ``complete.json``, written last); a
+``<run>.tmp`` folder is never read. Given the plan (``expected``: the run names every method must
+have, :func:`gradmix.rundir.planned_runs`), a missing or unfinished run fails the evaluation by name,
+so the ``n`` of every aggregated metric is the planned count.
 """
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,44 +22,75 @@ import pandas as pd
 
 from .config import Config, from_dict
 from .metrics import openset_metrics, score_metrics
-from .train import RUN_FILES
+from .rundir import (CorruptFileError, IncompleteRunError, atomic_write, find_finished, planned_runs,  # noqa: F401
+                     read_config)
 
 
 def read_run(run_dir: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(config dict with its ``run`` block, arrays of scores.npz); a missing or corrupt file fails clearly."""
+    """(config dict with its ``run`` block, arrays of scores.npz) of a finished run.
+
+    Raises IncompleteRunError (a FileNotFoundError: no valid completion marker, a missing file) or
+    CorruptFileError (a ValueError: a file differs from its record, or is not what it should be),
+    naming the file and the problem.
+    """
     run_dir = Path(run_dir)
-    missing = [f for f in ("config.json", "scores.npz") if not (run_dir / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{run_dir} is not a finished run directory: missing {missing} "
-                                f"(a run holds {', '.join(RUN_FILES)})")
+    cfg = read_config(run_dir)                     # verifies the marker and config.json
+    return cfg, read_scores(run_dir)
+
+
+def read_scores(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a finished run's ``scores.npz``, verified against ``complete.json`` and checked:
+    labels of the known and unknown test sets, and logits or ``score_<name>_*`` of matching lengths."""
+    from .rundir import verify_run
+
+    path = Path(run_dir) / "scores.npz"
+    verify_run(run_dir, files=("scores.npz",))
     try:
-        cfg = json.loads((run_dir / "config.json").read_text())
-        with np.load(run_dir / "scores.npz") as z:
+        with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"corrupt run directory {run_dir}: {type(e).__name__}: {e}") from None
-    return cfg, arrays
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+        raise CorruptFileError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from None
+    except (AttributeError, TypeError):            # np.load of a plain .npy: an array, not an archive
+        raise CorruptFileError(f"{path}: an array, not an .npz archive of named arrays") from None
+    problem = _scores_problem(arrays)
+    if problem:
+        raise CorruptFileError(f"{path}: {problem}")
+    return arrays
+
+
+def _scores_problem(z: dict) -> str | None:
+    missing = [k for k in ("labels_known", "labels_unknown") if k not in z]
+    if missing:
+        return f"arrays {missing} are missing (it has {sorted(z)})"
+    n_k, n_u = len(z["labels_known"]), len(z["labels_unknown"])
+    if "logits_known" not in z and not precomputed_scores(z):
+        return f"neither logits_known nor score_<name>_known (it has {sorted(z)})"
+    for key, n in (("logits_known", n_k), ("logits_unknown", n_u)):
+        if ("logits_known" in z) and (key not in z or z[key].ndim != 2 or len(z[key]) != n):
+            return f"{key} must be (N, K) with N = {n} (the labels' length)"
+    for name in precomputed_scores(z):
+        for key, n in ((f"score_{name}_known", n_k), (f"pred_{name}_known", n_k), (f"score_{name}_unknown", n_u)):
+            if key not in z or len(z[key]) != n:
+                return f"{key} must hold {n} values"
+    return None
 
 
 def run_config(run_dir: str | Path) -> tuple[Config, dict]:
     """The validated Config a run was trained with, and its ``run`` block (method, split, seed, ...)."""
-    cfg, _ = read_run(run_dir)
+    cfg = read_config(run_dir)
     info = cfg.pop("run")
     return from_dict(cfg), info
 
 
-def find_runs(root: str | Path, methods=None) -> list[Path]:
-    """Finished run directories under ``root`` (``root/<method>/<run>/scores.npz``), in method order."""
-    root = Path(root)
-    dirs = sorted(p.parent for p in root.glob("*/*/scores.npz"))
-    if methods is not None:
-        known = {d.parent.name for d in dirs}
-        missing = [m for m in methods if m not in known]
-        if missing:
-            raise FileNotFoundError(f"no finished runs under {root} for method(s) {missing}; "
-                                    f"found: {sorted(known)}")
-        dirs = [d for m in methods for d in dirs if d.parent.name == m]
-    return dirs
+def find_runs(root: str | Path, methods=None, expected=None, *, strict: bool = True) -> list[Path]:
+    """Finished run directories ``root/<method>/<run>``, in method then plan order.
+
+    ``expected``: the run names every method must have (:func:`gradmix.rundir.planned_runs`); default:
+    every run name found for any of ``methods``. A planned run that is missing or unfinished (a
+    ``<run>.tmp`` leftover, no valid ``complete.json``) raises IncompleteRunError naming each, or
+    (``strict=False``) warns and is left out.
+    """
+    return find_finished(root, methods, expected, strict=strict)
 
 
 ID_COLUMNS = ("dataset", "method", "split", "seed", "track")
@@ -97,9 +135,9 @@ def evaluate_run(run_dir: str | Path, scores=("msp", "mls")) -> dict:
     return row
 
 
-def evaluate_runs(root: str | Path, methods=None, scores=("msp", "mls")) -> pd.DataFrame:
-    """A table with one row per run under ``root``."""
-    dirs = find_runs(root, methods)
+def evaluate_runs(root: str | Path, methods=None, scores=("msp", "mls"), expected=None) -> pd.DataFrame:
+    """A table with one row per run under ``root``; every planned run must be finished (:func:`find_runs`)."""
+    dirs = find_runs(root, methods, expected)
     if not dirs:
         raise FileNotFoundError(f"no finished run directories under {Path(root).resolve()}")
     return pd.DataFrame([evaluate_run(d, scores) for d in dirs])
@@ -108,24 +146,31 @@ def evaluate_runs(root: str | Path, methods=None, scores=("msp", "mls")) -> pd.D
 def aggregate(df: pd.DataFrame) -> dict:
     """dataset -> method -> metric -> {mean, std, n}; std is the sample std (ddof=1) over splits × seeds, 0 if n=1.
 
-    A metric a method's runs do not have (e.g. ``auroc_knn`` of a cross-entropy run) is left out.
+    A metric a method's runs do not have (e.g. ``auroc_knn`` of a cross-entropy run) is left out; one
+    that only some of its runs have raises ValueError naming them (n would silently drop).
     """
     out: dict = {}
     metrics = [c for c in df.columns if c not in ID_COLUMNS]
     for (dataset, method), g in df.groupby(["dataset", "method"], sort=False):
         cols = {m: g[m].dropna() for m in metrics}
+        for m, v in cols.items():
+            if 0 < len(v) < len(g):
+                lacking = g.loc[g[m].isna(), [c for c in ("split", "seed") if c in g]].to_dict("records")
+                raise ValueError(f"{dataset}/{method}: metric {m!r} is undefined (NaN) in {len(g) - len(v)} of "
+                                 f"{len(g)} runs {lacking}; aggregating the rest would report n={len(v)}")
         out.setdefault(dataset, {})[method] = {
             m: {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                 "n": int(len(v))} for m, v in cols.items() if len(v)}
     return out
 
 
-def evaluate(root: str | Path, out_dir: str | Path, methods=None, scores=("msp", "mls")) -> dict:
-    """Evaluate every run under ``root``; write ``out_dir/metrics.json`` and ``out_dir/runs.csv``."""
-    df = evaluate_runs(root, methods, scores)
+def evaluate(root: str | Path, out_dir: str | Path, methods=None, scores=("msp", "mls"), expected=None) -> dict:
+    """Evaluate every planned run under ``root`` (``expected``, as in :func:`find_runs`); write
+    ``out_dir/metrics.json`` and ``out_dir/runs.csv``. Nothing is written if a planned run is
+    missing or unfinished, and each file is replaced atomically (a killed evaluation leaves the old one)."""
+    df = evaluate_runs(root, methods, scores, expected)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     summary = aggregate(df)
-    df.to_csv(out_dir / "runs.csv", index=False)
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(out_dir / "runs.csv", df.to_csv(index=False))
+    atomic_write(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -177,7 +177,7 @@ def mean_roc(curves, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return t.mean(0), t.std(0)
 
 
-def roc_figure(root, methods, score: str = "mls", colors=None, grid_points: int = 201):
+def roc_figure(root, methods, score: str = "mls", colors=None, grid_points: int = 201, expected=None):
     """ROC curves of every method on one axes, known test images positive.
 
     Each method's curve is the vertical average over its runs (splits × seeds): the mean TPR at
@@ -192,7 +192,7 @@ def roc_figure(root, methods, score: str = "mls", colors=None, grid_points: int 
     fig, ax = plt.subplots(figsize=(5.6 if len(methods) <= 8 else 7.8, 5.0))
     counts = set()
     for m in methods:
-        dirs = find_runs(root, [m])
+        dirs = find_runs(root, [m], expected)
         scores = [_scores(d, score)[:2] for d in dirs]
         mean_tpr, _ = mean_roc([roc(k, u) for k, u in scores], grid)
         mean, std = _spread(np.array([auroc(k, u) for k, u in scores]))
@@ -214,7 +214,7 @@ def roc_figure(root, methods, score: str = "mls", colors=None, grid_points: int 
     return fig
 
 
-def score_distribution_figure(root, methods, score: str = "mls", colors=None):
+def score_distribution_figure(root, methods, score: str = "mls", colors=None, expected=None):
     """Histograms (density) of the known-ness score, known vs unknown test images, pooled over each
     method's runs (splits × seeds); one panel per method, four per row."""
     methods = list(methods)
@@ -225,7 +225,7 @@ def score_distribution_figure(root, methods, score: str = "mls", colors=None):
     for ax in flat[len(methods):]:
         ax.set_visible(False)
     for k, (ax, m) in enumerate(zip(flat, methods)):
-        ks, us = zip(*[_scores(d, score)[:2] for d in find_runs(root, [m])])
+        ks, us = zip(*[_scores(d, score)[:2] for d in find_runs(root, [m], expected)])
         known, unknown = np.concatenate(ks), np.concatenate(us)
         bins = np.histogram_bin_edges(np.concatenate([known, unknown]), bins=30)
         ax.hist(known, bins=bins, alpha=0.6, density=True, label="known", color="#1b9e77")

@@ -25,7 +25,7 @@ from .checks import ConfigError
 from .config import CorruptionConfig, OODConfig
 from .corruption import cifar10c, corrupt
 from .data import load_openset
-from .evaluate import aggregate, find_runs, run_config
+from .evaluate import aggregate, find_runs, planned_runs, run_config
 from .ood import fit, ood_metrics, ood_set
 from .report import results_table
 from .train import load_model, predict, resolve_device
@@ -154,8 +154,9 @@ def write(df: pd.DataFrame, path: str | Path) -> dict:
 
 
 def run_all(runs_dir, cfg, out_dir, methods=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Evaluate every finished run under ``runs_dir``; write ``ood.json`` and ``corruption.json`` to ``out_dir``."""
-    dirs = find_runs(runs_dir, methods)
+    """Evaluate every planned run (``cfg``'s splits x seeds of ``methods``) under ``runs_dir``; write
+    ``ood.json`` and ``corruption.json`` to ``out_dir``. A missing or unfinished run fails by name."""
+    dirs = find_runs(runs_dir, methods, planned_runs(cfg))
     device = cfg.train.device
     ood = evaluate_ood(dirs, cfg.ood, device) if (cfg.ood.near or cfg.ood.far) else pd.DataFrame()
     cor = evaluate_corruption(dirs, cfg.corruption, device) if cfg.corruption.corruptions else pd.DataFrame()

@@ -12,9 +12,8 @@ ERM run of :func:`gradmix.train.train_run` with the model of params.yaml ``teach
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 from torch import nn
@@ -22,8 +21,10 @@ from torch import nn
 from .config import Config, ConfigError, MethodConfig
 from .data import load_openset
 from .distill import distillation_loss, freeze
+from .epochlog import say
 from .mixing import NoOptions
 from .models import build_model
+from .rundir import IncompleteRunError, read_config, run_problem
 from .train import load_model, resolve_device, run_name, train_run
 
 
@@ -50,9 +51,11 @@ def train_teachers(cfg: Config, out_root: str | Path | None = None) -> list[Path
     if not str(out_root) or str(out_root) == ".":
         raise ConfigError("teacher.dir: empty; name the folder the teacher runs go to")
     device = resolve_device(cfg.train.device)
+    say(f"teacher ({cfg.teacher.name}): {len(cfg.data.splits)} split(s) {list(cfg.data.splits)} x "
+        f"{len(cfg.train.seeds)} seed(s) {list(cfg.train.seeds)} x {cfg.train.epochs} epochs on {device} -> {out_root}")
     out = []
     for split in cfg.data.splits:
-        data = load_openset(cfg.data, split, device)
+        data = cache(partial(load_openset, cfg.data, split, device))   # loaded only if a teacher trains
         for seed in cfg.train.seeds:
             out.append(train_teacher(cfg, split, seed, out_root / run_name(split, seed), data))
     return out
@@ -63,7 +66,7 @@ def check_teachers(cfg: Config) -> None:
     if not cfg.teacher.dir:
         return
     missing = [str(teacher_dir(cfg, s, k)) for s in cfg.data.splits for k in cfg.train.seeds
-               if not (teacher_dir(cfg, s, k) / "model.pt").is_file()]
+               if run_problem(teacher_dir(cfg, s, k)) is not None]
     if missing:
         raise FileNotFoundError(f"no trained teacher in {missing}: run the teacher stage first "
                                 f"(`dvc repro teacher`, or gradmix.teacher.train_teachers(cfg))")
@@ -77,10 +80,11 @@ def load_teacher(cfg: Config, split: int, seed: int, data, device) -> nn.Module:
         path = teacher_dir(cfg, split, seed)
     else:
         path = train_teacher(cfg, split, seed, Path(tempfile.mkdtemp(prefix="gradmix-teacher-")) / "run", data)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no trained teacher at {path}: run the teacher stage first "
-                                f"(`dvc repro teacher`, or gradmix.teacher.train_teachers(cfg))")
-    info = json.loads((path / "config.json").read_text())
+    try:
+        info = read_config(path)                     # a finished run, verified
+    except IncompleteRunError as e:
+        raise FileNotFoundError(f"no trained teacher at {path} ({e}): run the teacher stage first "
+                                f"(`dvc repro teacher`, or gradmix.teacher.train_teachers(cfg))") from None
     theirs, ours = info["data"], dataclasses.asdict(cfg.data)
     for key in ("dataset", "image_size", "test_fraction", "split_seed", "max_train"):
         if theirs.get(key) != ours[key]:
@@ -113,7 +117,8 @@ def train_student(cfg: Config, method: str, split: int, seed: int, out_dir: str 
     m = cfg.method(method)
     if m.kind != "distill":
         raise ConfigError(f"methods.{method}: kind {m.kind!r}; a student needs kind 'distill'")
-    return train_run(cfg, method, split, seed, out_dir, data, loss=student_loss(cfg, m))
+    return train_run(cfg, method, split, seed, out_dir, data, loss=student_loss(cfg, m),
+                     identity={"teacher": dataclasses.asdict(cfg.teacher)})
 
 
 def benchmark_loss(cfg: Config, method: MethodConfig, student: nn.Module, mixer, in_channels: int,

@@ -1,37 +1,37 @@
 """The cross-entropy trainer: config -> run directory.
 
-A run directory holds ``config.json`` (the full validated config plus method/split/seed),
-``model.pt`` (state_dict and what is needed to rebuild the model), ``log.csv`` (one row per epoch)
-and ``scores.npz`` (logits on the known and unknown test sets), which is all :mod:`gradmix.evaluate`
-needs. A run is written to ``<dir>.tmp`` and renamed when complete, so an interrupted run never
-leaves a directory that looks finished.
+A run directory holds ``config.json`` (the full validated config plus method/split/seed and where
+it was trained), ``model.pt`` (state_dict and what is needed to rebuild the model), ``log.csv`` (one
+row per epoch), ``scores.npz`` (logits on the known and unknown test sets), ``dvclive/`` (per-epoch
+curves) and ``complete.json`` (written last), which is all :mod:`gradmix.evaluate` needs. The run's
+life cycle (one writer, checkpoints every ``train.checkpoint_every`` epochs, resume after a kill,
+restore of a finished run, the staging folder ``<dir>.tmp`` renamed when complete) is
+:class:`gradmix.checkpoint.RunWriter`'s; the layout is :mod:`gradmix.rundir`'s.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
-import os
 import pickle
-import shutil
 import time
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from .checkpoint import RunWriter
 from .checks import ConfigError, build
 from .config import Config, MethodConfig, ModelConfig, TrainConfig
 from .data import OpenSetData, augment, batches, load_openset
+from .epochlog import EpochStats, say
 from .losses import soft_cross_entropy
 from .metrics import auroc, accuracy
 from .mixing import make_mixer
 from .models import Classifier, build_model
-
-RUN_FILES = ("config.json", "model.pt", "log.csv", "scores.npz")
+from .rundir import RUN_FILES, CorruptFileError, make_identity, run_name, verify_run  # noqa: F401 (re-exported)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,10 +41,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; valid here: auto, cpu")
     return torch.device(name)
-
-
-def run_name(split: int, seed: int) -> str:
-    return f"split{split}-seed{seed}"
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
@@ -97,6 +93,15 @@ def check_method(method: MethodConfig, model: Classifier) -> None:
                               f"{type(model).__name__}; valid stages: {list(model.stages)}")
 
 
+def probe_model(model_cfg, cfg: Config) -> Classifier:
+    """An untrained model of ``model_cfg`` for the dataset's channels (for checks before a run starts);
+    torch's global RNG is left as it was."""
+    from .data import DATASETS
+
+    with torch.random.fork_rng(devices=[]):              # channels 0: known once loaded (imagefolder)
+        return build_model(model_cfg, DATASETS[cfg.data.dataset].channels or 3, 2)
+
+
 def training_loss(model, mixer, use: str, x: torch.Tensor, y: torch.Tensor, num_classes: int,
                   generator: torch.Generator, label_smoothing: float = 0.0) -> torch.Tensor:
     """Loss of one batch x (N, C, H, W), y (N,).
@@ -127,14 +132,37 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> t
     return out
 
 
+def run_identity(cfg: Config, m: MethodConfig, split: int, seed: int, device: torch.device,
+                 extra: dict | None = None) -> dict:
+    """What determines a cross-entropy run's results (gradmix.rundir.make_identity); ``extra``: more
+    config sections a method's own loss depends on (train_run's ``identity``)."""
+    d = cfg.to_dict()
+    sections = {"data": d["data"], "model": d["model"], "train": d["train"], "method": m.to_dict(), **(extra or {})}
+    return make_identity({"method": m.name, "split": split, "seed": seed, "track": "ce"}, sections, device.type)
+
+
+def split_data(data, cfg: Config, split: int, device) -> OpenSetData:
+    """``data`` if given, the result of calling it if it is a loader, else the split loaded now."""
+    if data is None:
+        return load_openset(cfg.data, split, device)
+    return data() if callable(data) else data
+
+
 def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Path,
-              data: OpenSetData | None = None, loss=None) -> Path:
+              data: OpenSetData | None = None, loss=None, identity: dict | None = None) -> Path:
     """Train ``method`` on ``split`` with ``seed``; write the run directory ``out_dir`` and return it.
 
-    ``loss`` (default: :func:`training_loss` with the method's mixer and ``use``) is a factory
-    ``loss(model, mixer, data, split, seed, device)``, called once after the model is built, that
-    returns the per-batch loss ``f(x, y, num_classes, generator, label_smoothing)`` (a scalar tensor).
-    A method of another kind than ``ce`` brings its own (:mod:`gradmix.trainers` passes it).
+    ``data``: the split's OpenSetData, a callable returning it (loaded only if the run trains), or
+    None (loaded here). ``loss`` (default: :func:`training_loss` with the method's mixer and ``use``)
+    is a factory ``loss(model, mixer, data, split, seed, device)``, called once after the model is
+    built, that returns the per-batch loss ``f(x, y, num_classes, generator, label_smoothing)`` (a
+    scalar tensor); a method of another kind than ``ce`` brings its own (:mod:`gradmix.trainers`
+    passes it), with ``identity``: the extra config sections its results depend on.
+
+    The run's life cycle is gradmix.checkpoint.RunWriter's: a second writer of ``out_dir`` fails at
+    once (RunLockedError); a finished run of the same configuration and code is not retrained; an
+    interrupted one resumes from its last checkpoint. Raises DivergedError at the first epoch whose
+    training loss is not finite, naming the epoch and step.
     """
     m = cfg.method(method)
     if loss is None and m.kind != "ce":
@@ -142,66 +170,68 @@ def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Pa
                           f"gradmix.trainers.train_run or train_method")
     t = cfg.train
     device = resolve_device(t.device)
-    data = data if data is not None else load_openset(cfg.data, split, device)
+    check_method(m, probe_model(cfg.model, cfg))             # a bad stage name fails before anything is written
+    with RunWriter(out_dir, run_identity(cfg, m, split, seed, device, identity), label=f"{method}/{run_name(split, seed)}",
+                   epochs=t.epochs, device=device, checkpoint_dir=t.checkpoint_dir,
+                   checkpoint_every=t.checkpoint_every, progress=t.progress) as w:
+        if not w.done():                                     # not finished, nor restored from its copy
+            _train(w, cfg, m, split, seed, device, data, loss_factory=loss)
+    return Path(out_dir)
+
+
+def _train(w: RunWriter, cfg: Config, m: MethodConfig, split: int, seed: int, device, data,
+           loss_factory=None) -> None:
+    """The training of one run under its writer ``w`` (resumed where ``w`` has a checkpoint)."""
+    t = cfg.train
+    data = split_data(data, cfg, split, device)
     torch.manual_seed(seed)                                  # model init and dropout
     model = build_model(cfg.model, data.x_train.shape[1], data.num_classes).to(device)
     check_method(m, model)
-    mixer = make_mixer(m.mixer, m.options)
-    loss_fn = (partial(training_loss, model, mixer, m.use) if loss is None
-               else loss(model, mixer, data, split, seed, device))
+    stats = EpochStats()                                     # per-step sums on the device
+    mixer = stats.recording(make_mixer(m.mixer, m.options))
+    loss_fn = (partial(training_loss, model, mixer, m.use) if loss_factory is None
+               else loss_factory(model, mixer, data, split, seed, device))
     n = len(data.x_train)
     steps = max(1, n // t.batch_size) if n > t.batch_size else 1
     opt = make_optimizer(model, t)
     sched = make_schedule(opt, t, steps)
     gen = torch.Generator(device=device).manual_seed(seed)   # batches, augmentation, mixing
+    parts = {"model": model, "optimizer": opt, "scheduler": sched, "generators": {"batches": gen}}
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    log = []
-    start = time.perf_counter()
-    bar = tqdm(range(t.epochs), desc=f"{method} {run_name(split, seed)}", disable=not t.progress,
-               mininterval=1.0)
-    for epoch in bar:
+    log = w.start(parts)                                     # resumes, or starts fresh
+    start = time.perf_counter() - w.seconds_before
+    for epoch in range(len(log) + 1, t.epochs + 1):
         model.train()
-        total, count = 0.0, 0
         for idx in batches(n, t.batch_size, gen):
             x = augment(data.x_train[idx], gen, cfg.data.crop_padding, cfg.data.hflip)
-            loss = loss_fn(x, data.y_train[idx], data.num_classes, gen, t.label_smoothing)
+            batch_loss = loss_fn(x, data.y_train[idx], data.num_classes, gen, t.label_smoothing)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            batch_loss.backward()
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
-        lk, lu = predict(model, data.x_known), predict(model, data.x_unknown)
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "loss": total / count,
-               "test_accuracy": accuracy(lk.argmax(1).cpu().numpy(), data.y_known.cpu().numpy()),
-               "test_auroc_mls": (auroc(lk.max(1).values.cpu().numpy(), lu.max(1).values.cpu().numpy())
+            stats.loss(batch_loss)
+        losses, means = stats.close()                        # the epoch's one device-to-host copy
+        lk, lu = predict(model, data.x_known).cpu().numpy(), predict(model, data.x_unknown).cpu().numpy()
+        w.check_epoch(losses, [lk.sum(dtype=np.float64), lu.sum(dtype=np.float64)], epoch,
+                      hint=f"A diverging run usually means too high a learning rate (train.lr {t.lr}).")
+        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "loss": float(losses.mean()),
+               "test_accuracy": accuracy(lk.argmax(1), data.y_known.cpu().numpy()),
+               "test_auroc_mls": (auroc(lk.max(1), lu.max(1))
                                   if len(lu) else float("nan")),     # known=all: no unknown test set
-               "seconds": time.perf_counter() - start}
-        log.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['test_accuracy']:.3f}")
-
-    _write_run(tmp, cfg, m, split, seed, device, model, data, log)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
+               **means, "seconds": time.perf_counter() - start}
+        w.end_epoch(row, parts)
+    _write_run(w.staging, cfg, m, split, seed, device, model, data, w.log, w.run_info())
+    w.commit()
 
 
-def _write_run(d: Path, cfg: Config, m: MethodConfig, split: int, seed: int, device, model, data, log):
+def _write_run(d: Path, cfg: Config, m: MethodConfig, split: int, seed: int, device, model, data, log, run_info):
     info = {"method": m.name, "split": split, "seed": seed, "dataset": cfg.data.dataset,
-            "known_classes": data.known, "device": str(device), "torch": torch.__version__}
+            "known_classes": data.known, **run_info}
     (d / "config.json").write_text(json.dumps({"run": info, **cfg.to_dict()}, indent=2))
     torch.save({"state_dict": model.state_dict(), "model": cfg.to_dict()["model"],
                 "in_channels": data.x_train.shape[1], "num_classes": data.num_classes,
                 "known": data.known, "mean": data.mean, "std": data.std}, d / "model.pt")
-    with open(d / "log.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(log[0]))
-        w.writeheader()
-        w.writerows(log)
+    write_log(d / "log.csv", log)
     np.savez(d / "scores.npz",
              logits_known=predict(model, data.x_known).cpu().numpy(),
              labels_known=data.y_known.cpu().numpy(),
@@ -210,29 +240,50 @@ def _write_run(d: Path, cfg: Config, m: MethodConfig, split: int, seed: int, dev
              known=np.asarray(data.known))
 
 
-def every_run(cfg: Config, method: str, out_root: str | Path, run_fn) -> list[Path]:
+def write_log(path: Path, log: list[dict]) -> None:
+    """One CSV row per epoch; the columns are the union of the rows' keys, in first-seen order."""
+    keys = list(dict.fromkeys(k for row in log for k in row))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(log)
+
+
+def every_run(cfg: Config, method: str, out_root: str | Path, run_fn, epochs: int | None = None) -> list[Path]:
     """``run_fn(cfg, method, split, seed, out_root/<method>/<split>-<seed>, data)`` for every split and
-    seed of ``cfg``, loading each split once."""
+    seed of ``cfg``; ``data`` is a loader of the split, called (once per split) only by a run that
+    trains. Prints the plan first: splits x seeds x ``epochs`` (default ``train.epochs``) and the device."""
     device = resolve_device(cfg.train.device)
+    splits, seeds = list(cfg.data.splits), list(cfg.train.seeds)
+    say(f"{method}: {len(splits)} split(s) {splits} x {len(seeds)} seed(s) {seeds} x "
+        f"{epochs or cfg.train.epochs} epochs on {device} -> {Path(out_root) / method}")
     out = []
-    for split in cfg.data.splits:
-        data = load_openset(cfg.data, split, device)
-        for seed in cfg.train.seeds:
+    for split in splits:
+        data = cache(partial(load_openset, cfg.data, split, device))
+        for seed in seeds:
             out.append(run_fn(cfg, method, split, seed, Path(out_root) / method / run_name(split, seed), data))
     return out
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
-    """Rebuild the trained model of a run directory; a missing or corrupt checkpoint fails clearly."""
+    """Rebuild the trained model of a finished run directory.
+
+    Raises IncompleteRunError (FileNotFoundError) if ``run_dir`` is not a finished run, and
+    CorruptFileError (ValueError) if ``model.pt`` differs from its record in ``complete.json`` or is
+    not a model checkpoint; both name the file and the problem.
+    """
     path = Path(run_dir) / "model.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: is {run_dir} a finished run directory "
-                                f"(it should hold {', '.join(RUN_FILES)})?")
+    verify_run(run_dir, files=("model.pt",))
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ckpt, dict):
+            raise TypeError(f"a {type(ckpt).__name__}, expected a dict")
+        missing = sorted({"state_dict", "model", "in_channels", "num_classes"} - set(ckpt))
+        if missing:
+            raise KeyError(f"keys {missing} are missing")
         model = build_model(build(ModelConfig, ckpt["model"], "checkpoint.model"), ckpt["in_channels"],
                             ckpt["num_classes"])
         model.load_state_dict(ckpt["state_dict"])
-    except (RuntimeError, KeyError, EOFError, ValueError, OSError, pickle.UnpicklingError) as e:
-        raise ValueError(f"corrupt or incompatible checkpoint {path}: {type(e).__name__}: {e}") from None
+    except (RuntimeError, KeyError, EOFError, ValueError, TypeError, OSError, pickle.UnpicklingError) as e:
+        raise CorruptFileError(f"{path}: corrupt or incompatible model checkpoint ({type(e).__name__}: {e})") from None
     return model.to(device).eval()

@@ -88,11 +88,16 @@ def check(cfg: Config, methods) -> None:
         check_splits(cfg.data)
 
 
+def epochs(cfg: Config, method: str) -> int:
+    """The number of epochs ``method`` trains (its track's ``epochs``)."""
+    return cfg.contrastive.train.epochs if track(cfg, method) == "contrastive" else cfg.train.epochs
+
+
 def train_method(cfg: Config, method: str, out_root: str | Path) -> list[Path]:
     """Train ``method`` on every split and seed of ``cfg`` into ``out_root/<method>/split<k>-seed<s>``;
     returns the run directories."""
     check(cfg, [method])
-    return every_run(cfg, method, out_root, train_run)
+    return every_run(cfg, method, out_root, train_run, epochs(cfg, method))
 
 
 def train_methods(cfg: Config, methods, out_root: str | Path) -> Path:
@@ -101,5 +106,5 @@ def train_methods(cfg: Config, methods, out_root: str | Path) -> Path:
     methods = list(methods)
     check(cfg, methods)
     for m in methods:
-        every_run(cfg, m, out_root, train_run)
+        every_run(cfg, m, out_root, train_run, epochs(cfg, m))
     return Path(out_root)

@@ -24,7 +24,9 @@ class Server:
     """A local HTTP server on 127.0.0.1 serving ``files`` (path -> bytes) with Range support.
 
     Paths under ``/drop/`` send their full Content-Length but close the connection after half of
-    the body the first time; paths under ``/trunc/`` serve only the first half, as if complete.
+    the body the first time; paths under ``/trunc/`` serve only the first half, as if complete;
+    paths under ``/long/`` append ``extra`` bytes of junk (announced in Content-Length), paths under
+    ``/nolength/`` do the same without a Content-Length (the body ends when the connection closes).
     ``log`` records (path, Range header) of every request.
     """
 
@@ -32,6 +34,7 @@ class Server:
         self.files: dict[str, bytes] = {}
         self.log: list[tuple[str, str | None]] = []
         self.dropped: set[str] = set()
+        self.extra = 1 << 20
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,7 +45,7 @@ class Server:
                 rng = self.headers.get("Range")
                 server.log.append((self.path, rng))
                 mode, name = "plain", self.path.lstrip("/")
-                if name.startswith(("drop/", "trunc/")):
+                if name.startswith(("drop/", "trunc/", "long/", "nolength/")):
                     mode, name = name.split("/", 1)
                 data = server.files.get(name)
                 if data is None:
@@ -50,6 +53,8 @@ class Server:
                     return
                 if mode == "trunc":
                     data = data[: len(data) // 2]
+                if mode in ("long", "nolength"):
+                    data = data + bytes(server.extra)
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0
                 if start >= len(data) and rng:
                     self.send_response(416)
@@ -60,7 +65,10 @@ class Server:
                 self.send_response(206 if rng else 200)
                 if rng:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(body)))
+                if mode == "nolength":
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if mode == "drop" and self.path not in server.dropped:
                     server.dropped.add(self.path)

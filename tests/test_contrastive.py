@@ -360,7 +360,7 @@ def tiny(params):
 
 def test_run_directory_contract_and_evaluation(tiny, tmp_path):
     d = runs.train_run(tiny, "supcon_gradmix", 0, 0, tmp_path / "supcon_gradmix" / "split0-seed0")
-    assert sorted(p.name for p in d.iterdir()) == sorted(train.RUN_FILES)
+    assert sorted(p.name for p in d.iterdir()) == sorted([*train.RUN_FILES, "complete.json", "dvclive"])
     info = json.loads((d / "config.json").read_text())["run"]
     assert (info["method"], info["track"], info["split"]) == ("supcon_gradmix", "contrastive", 0)
     z = np.load(d / "scores.npz")

@@ -185,7 +185,7 @@ def test_student_trains_end_to_end_and_fails_fast_without_teacher(smoke, tmp_pat
     assert not (tmp_path / "runs").exists()
     cfg = config.replace(smoke, teacher={"dir": "", "width": 4})     # teacher trained on demand
     (d,) = trainers.train_method(cfg, "asymkd", tmp_path / "runs")
-    assert sorted(p.name for p in d.iterdir()) == sorted(train.RUN_FILES)
+    assert sorted(p.name for p in d.iterdir()) == sorted([*train.RUN_FILES, "complete.json", "dvclive"])
     assert np.isfinite(np.load(d / "scores.npz")["logits_unknown"]).all()
 
 

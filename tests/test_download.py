@@ -128,3 +128,19 @@ def test_safe_extract_is_complete_and_atomic(tmp_path):
     assert not (tmp_path / "out.tmp").exists()
     part = safe_extract(archive, tmp_path / "only", members=["ok.txt"])
     assert sorted(p.name for p in part.iterdir()) == ["ok.txt"]
+
+
+@pytest.mark.parametrize("mode", ["long", "nolength"])
+def test_transfer_stops_at_the_published_size(server, tmp_path, mode):
+    """A server that sends more than the published size (junk after the file, announced or not) is cut
+    off at the size: the file verifies and nothing past it is written."""
+    path = fetch(res(size=len(PAYLOAD)), tmp_path, f"{server.url}/{mode}", progress=False)
+    assert path.read_bytes() == PAYLOAD
+    assert not (tmp_path / "quarantine").exists()
+
+
+def test_longer_body_without_published_size_is_quarantined(server, tmp_path):
+    """Without a published size, the announced length is the limit; the checksum then rejects the file."""
+    with pytest.raises(ChecksumError, match="md5"):
+        fetch(res(), tmp_path, f"{server.url}/long", progress=False)
+    assert [p.stat().st_size for p in (tmp_path / "quarantine").iterdir()] == [len(PAYLOAD) + server.extra]

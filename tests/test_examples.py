@@ -65,7 +65,7 @@ def test_add_mixer_registers_validates_and_trains(registries, tmp_path):
     with pytest.raises(ConfigError, match=r"methods.bad: unknown key\(s\) \['beta'\]; valid keys: \['alpha', 'prob'\]"):
         config.from_dict(raw)
     run = ex["main"](tmp_path)
-    assert sorted(p.name for p in run.iterdir()) == sorted(train.RUN_FILES)
+    assert sorted(p.name for p in run.iterdir()) == sorted([*train.RUN_FILES, "complete.json", "dvclive"])
     stored = json.loads((run / "config.json").read_text())
     assert stored["methods"]["stripemix"] == {"mixer": "stripemix", "use": "replace", "alpha": 1.0, "prob": 1.0}
     row = evaluate.evaluate_run(run)

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.container import ErrorbarContainer  # noqa: E402
 
-from gradmix import config, figures, gallery, train  # noqa: E402
+from gradmix import config, figures, gallery, rundir, train  # noqa: E402
 from gradmix.contrastive import runs as contrastive_runs  # noqa: E402
 from gradmix.config import ConfigError  # noqa: E402
 from gradmix.robustness import ood_columns  # noqa: E402
@@ -124,7 +124,10 @@ def fabricate_runs(root, methods=("a", "b"), splits=3, n=40):
             labels = rng.integers(0, 3, n)
             known[np.arange(n), labels] += shift + 0.3 * k
             np.savez(d / "scores.npz", logits_known=known, labels_known=labels,
-                     logits_unknown=rng.normal(size=(n, 3)))
+                     logits_unknown=rng.normal(size=(n, 3)), labels_unknown=np.full(n, 9))
+            (d / "model.pt").write_bytes(b"")                # not read by the figures
+            (d / "log.csv").write_text("epoch\n")
+            rundir.write_marker(d, run)                       # sealed: a finished run
     return root
 
 
@@ -155,7 +158,7 @@ def test_roc_figure_one_axes_all_methods_mean_auroc_in_legend(tmp_path):
     assert np.all(np.diff(a.get_ydata()) >= -1e-12)                      # a mean of monotone curves
     assert ax.get_aspect() == 1.0 and ax.get_xlim() == (0, 100) and ax.get_ylim() == (0, 100)
     assert "[%]" in ax.get_xlabel() and "[%]" in ax.get_ylabel()
-    with pytest.raises(FileNotFoundError, match="'c'"):
+    with pytest.raises(FileNotFoundError, match=r"c: no runs in"):
         figures.roc_figure(root, ["a", "c"])
 
 
@@ -260,6 +263,7 @@ def test_gallery_title_follows_the_training_budget(trained, tmp_path, params_fil
     raw = json.loads((run / "config.json").read_text())
     raw["train"]["epochs"], raw["data"]["max_train"] = 15, 0                # as if trained by the pipeline
     (run / "config.json").write_text(json.dumps(raw))
+    rundir.write_marker(run, rundir.read_marker(run)["identity"])           # re-sealed after the edit
     assert gallery.training_budget(run) == {"epochs": 15, "max_train": 0, "smoke": False, "why": ""}
     assert not gallery.gallery_from_run(run, 2)._suptitle.get_text().startswith("SMOKE")
     longer = config.replace(config.load(params_file), train={"epochs": 20})

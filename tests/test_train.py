@@ -17,10 +17,14 @@ def tiny(cfg):
 
 def test_run_directory_contract(tiny, tmp_path):
     d = train.train_run(tiny, "gradmix", 0, 0, tmp_path / "gradmix" / "split0-seed0")
-    assert sorted(p.name for p in d.iterdir()) == sorted(train.RUN_FILES)
+    assert sorted(p.name for p in d.iterdir()) == sorted([*train.RUN_FILES, "complete.json", "dvclive"])
     assert not (tmp_path / "gradmix" / "split0-seed0.tmp").exists()
     info = json.loads((d / "config.json").read_text())["run"]
     assert (info["method"], info["split"], info["seed"]) == ("gradmix", 0, 0)
+    assert info["device"] == "cpu" and info["threads"] == torch.get_num_threads() and info["torch"] == torch.__version__
+    assert info["host"] and "git_commit" in info and info["segments"][0]["from_epoch"] == 1
+    log = np.genfromtxt(d / "log.csv", delimiter=",", names=True)
+    assert list(log["epoch"]) == [1, 2] and np.all((log["masked_fraction"] > 0) & (log["masked_fraction"] < 1))
     z = np.load(d / "scores.npz")
     assert z["logits_known"].shape[1] == 6 and len(z["logits_known"]) == len(z["labels_known"])
     # the checkpoint reproduces the stored logits
@@ -80,15 +84,13 @@ def test_cosine_schedule_with_warmup():
     assert lrs[2:] == sorted(lrs[2:], reverse=True) and lrs[-1] > 0
 
 
-def test_bad_checkpoint_and_run_dirs_fail_clearly(tiny, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train.load_model(tmp_path)
+def test_unfinished_run_dirs_fail_clearly(tiny, tmp_path):
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="corrupt or incompatible checkpoint"):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} is not a finished run: it has no complete.json"):
         train.load_model(tmp_path)
-    with pytest.raises(FileNotFoundError, match="not a finished run directory"):
+    with pytest.raises(FileNotFoundError, match="not a finished run"):
         evaluate.read_run(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"no finished runs .* \['erm'\]"):
+    with pytest.raises(FileNotFoundError, match=r"erm: no runs in"):
         evaluate.find_runs(tmp_path, ["erm"])
 
 

@@ -2,33 +2,35 @@
 
 A run directory holds ``config.json`` (the ``run`` block has ``track: contrastive``), ``model.pt``
 (the encoder as :func:`gradmix.train.load_model` reads it, plus the projection head), ``log.csv``
-(one row per epoch: loss terms, mean λ', seconds; the last row also the kNN and probe accuracy) and
-``scores.npz`` with precomputed kNN scores (``score_knn_known``, ``pred_knn_known``,
-``score_knn_unknown``) and ``metric_probe_accuracy`` instead of logits; :mod:`gradmix.evaluate`
-reads both kinds. Written to ``<dir>.tmp`` and renamed when complete.
+(one row per epoch: loss terms, mean λ', masked fraction, seconds; the last row also the kNN
+accuracy and AUROC and the probe accuracy) and ``scores.npz`` with precomputed kNN scores
+(``score_knn_known``, ``pred_knn_known``, ``score_knn_unknown``) and ``metric_probe_accuracy``
+instead of logits; :mod:`gradmix.evaluate` reads both kinds. The life cycle (one writer, checkpoints, resume, restore of a finished run,
+completion marker) is :class:`gradmix.checkpoint.RunWriter`'s, as in the cross-entropy track; the
+test-set kNN and probe metrics are computed once, after the last epoch.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from ..checkpoint import RunWriter
 from ..checks import ConfigError
 from ..config import Config, ModelConfig
-from ..data import OpenSetData, batches, load_openset
+from ..data import OpenSetData, batches
+from ..epochlog import EpochStats, say
 from ..knn import knn_scores
+from ..metrics import auroc
 from ..models import Classifier, build_model
 from ..probe import linear_probe
-from ..train import load_model, resolve_device, run_name
+from ..rundir import make_identity
+from ..train import load_model, probe_model, resolve_device, run_name, split_data, write_log
 from .config import ContrastiveConfig, ContrastiveMethod, ContrastiveTrainConfig
 from .views import ContrastiveNet, extra_view, loss_from_views, view
 
@@ -96,18 +98,40 @@ def _schedule(opt, t: ContrastiveTrainConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def run_identity(cfg: Config, m: ContrastiveMethod, split: int, seed: int, device: torch.device) -> dict:
+    """What determines a contrastive run's results (gradmix.rundir.make_identity): the data, the
+    encoder, the contrastive sections it reads and its method."""
+    c = cfg.contrastive.to_dict()
+    sections = {"data": dataclasses.asdict(cfg.data), "encoder": dataclasses.asdict(encoder_config(cfg)),
+                **{k: c[k] for k in ("train", "views", "knn", "probe")}, "method": c["methods"][m.name]}
+    return make_identity({"method": m.name, "split": split, "seed": seed, "track": TRACK}, sections, device.type)
+
+
 def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Path,
               data: OpenSetData | None = None) -> Path:
     """Train contrastive ``method`` on ``split`` with ``seed``; write the run directory ``out_dir``.
 
     The directory has the cross-entropy track's files (gradmix.train.RUN_FILES); ``scores.npz`` holds
     precomputed kNN scores (``score_knn_*``, ``pred_knn_known``) and ``metric_probe_accuracy``
-    instead of logits, which :mod:`gradmix.evaluate` reads.
+    instead of logits, which :mod:`gradmix.evaluate` reads. ``data`` and the life cycle (lock,
+    resume, restore, DivergedError) as in :func:`gradmix.train.train_run`.
     """
     c = _contrastive(cfg)
     m, t = c.method(method), c.train
     device = resolve_device(cfg.train.device)
-    data = data if data is not None else load_openset(cfg.data, split, device)
+    check_method(m, probe_model(encoder_config(cfg), cfg))   # a bad stage name fails before anything is written
+    with RunWriter(out_dir, run_identity(cfg, m, split, seed, device), label=f"{method}/{run_name(split, seed)}",
+                   epochs=t.epochs, device=device, checkpoint_dir=cfg.train.checkpoint_dir,
+                   checkpoint_every=cfg.train.checkpoint_every, progress=cfg.train.progress) as w:
+        if not w.done():                                     # not finished, nor restored from its copy
+            _train(w, cfg, m, split, seed, device, data)
+    return Path(out_dir)
+
+
+def _train(w: RunWriter, cfg: Config, m: ContrastiveMethod, split: int, seed: int, device, data) -> None:
+    """The training of one run under its writer ``w`` (resumed where ``w`` has a checkpoint)."""
+    c, t = cfg.contrastive, cfg.contrastive.train
+    data = split_data(data, cfg, split, device)
     torch.manual_seed(seed)
     net = build_net(cfg, data.x_train.shape[1], data.num_classes).to(device)
     check_method(m, net.encoder)
@@ -117,58 +141,56 @@ def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Pa
     steps = max(1, n // t.batch_size) if n > t.batch_size else 1
     sched = _schedule(opt, t, t.epochs * steps)
     gen = torch.Generator(device=device).manual_seed(seed)
+    parts = {"model": net, "optimizer": opt, "scheduler": sched, "generators": {"views": gen}}
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    log, start = [], time.perf_counter()
-    bar = tqdm(range(t.epochs), desc=f"{method} {run_name(split, seed)}", disable=not cfg.train.progress,
-               mininterval=1.0)
-    for epoch in bar:
+    log = w.start(parts)                                     # resumes, or starts fresh
+    start = time.perf_counter() - w.seconds_before
+    stats = EpochStats()                                     # per-step sums on the device
+    for epoch in range(len(log) + 1, t.epochs + 1):
         net.train()
         sums: dict = {}
         count = 0
         for idx in batches(n, t.batch_size, gen):
             x, y = data.x_train[idx], data.y_train[idx]
             v1, v2 = view(x, gen, c.views), view(x, gen, c.views)
-            xe, w = extra_view(net, m, x, v1, v2, y, num_classes=data.num_classes, generator=gen, cfg=c)
-            loss, parts = loss_from_views(net, m, v1, v2, y, t, xe, w)
+            xe, wt = extra_view(net, m, x, v1, v2, y, num_classes=data.num_classes, generator=gen, cfg=c, stats=stats)
+            loss, terms = loss_from_views(net, m, v1, v2, y, t, xe, wt)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            for key, v in {"loss": loss.item(), **parts}.items():
+            stats.loss(loss)
+            for key, v in terms.items():
                 sums[key] = sums.get(key, 0.0) + v * len(idx)
             count += len(idx)
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{k: v / count for k, v in sums.items()},
-               "seconds": time.perf_counter() - start}
-        log.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}")
+        losses, means = stats.close()                        # the epoch's one device-to-host copy
+        w.check_epoch(losses, [], epoch, hint=f"A diverging run usually means too high a learning rate "
+                                              f"(contrastive.train.lr {t.lr}).")
+        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "loss": float(losses.mean()),
+               **{k: v / count for k, v in sums.items()}, **means, "seconds": time.perf_counter() - start}
+        w.end_epoch(row, parts)
     scores = evaluate_net(net, data, c, seed)
-    log[-1].update(knn_accuracy=float(np.mean(scores["pred_knn_known"] == data.y_known.cpu().numpy())),
-                   probe_accuracy=float(scores["metric_probe_accuracy"]))
-    _write_run(tmp, cfg, m, split, seed, device, net, data, log, scores)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
+    final = {"knn_accuracy": float(np.mean(scores["pred_knn_known"] == data.y_known.cpu().numpy())),
+             "test_auroc_knn": (auroc(scores["score_knn_known"], scores["score_knn_unknown"])
+                                if len(scores["score_knn_unknown"]) else float("nan")),
+             "probe_accuracy": float(scores["metric_probe_accuracy"])}
+    w.log[-1].update(final)                                  # test metrics once, after the last epoch
+    w.live.log({"epoch": t.epochs, **final})
+    say(f"{w.label}: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items()))
+    _write_run(w.staging, cfg, m, split, seed, net, data, w.log, scores, w.run_info())
+    w.commit()
 
 
-def _write_run(d: Path, cfg: Config, m: ContrastiveMethod, split, seed, device, net, data, log, scores):
+def _write_run(d: Path, cfg: Config, m: ContrastiveMethod, split, seed, net, data, log, scores, run_info):
     info = {"method": m.name, "track": TRACK, "split": split, "seed": seed, "dataset": cfg.data.dataset,
-            "known_classes": data.known, "device": str(device), "torch": torch.__version__}
+            "known_classes": data.known, **run_info}
     (d / "config.json").write_text(json.dumps({"run": info, **cfg.to_dict()}, indent=2))
     t = cfg.contrastive.train
     torch.save({"state_dict": net.encoder.state_dict(), "model": dataclasses.asdict(encoder_config(cfg)),
                 "in_channels": data.x_train.shape[1], "num_classes": data.num_classes, "known": data.known,
                 "mean": data.mean, "std": data.std, "head": net.head.state_dict(), "feat_dim": t.feat_dim,
                 "head_kind": t.head}, d / "model.pt")
-    keys = list(dict.fromkeys(k for row in log for k in row))
-    with open(d / "log.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(log)
+    write_log(d / "log.csv", log)
     np.savez(d / "scores.npz", labels_known=data.y_known.cpu().numpy(),
              labels_unknown=data.y_unknown.cpu().numpy(), known=np.asarray(data.known), **scores)
 

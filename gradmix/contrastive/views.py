@@ -117,17 +117,20 @@ def extra_mixed(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor,
 
 def extra_view(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor, v1: torch.Tensor,
                v2: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-               cfg: ContrastiveConfig, maps: torch.Tensor | None = None):
+               cfg: ContrastiveConfig, maps: torch.Tensor | None = None, stats=None):
     """The extra positive view of v1 (B, C, H, W) and its weight (B,), or (None, None) for ``none``.
 
     ``aug``: a third random view of the clean images x, weight 1. ``mixup`` | ``cutmix`` | ``gradmix``:
     the mixer of gradmix.mixing applied to v1; weight λ' = ``Mixed.lam`` (``weight: lam``) or 1.
     GradMix maps (B, H, W) of view 1 may be given; otherwise the attribution pass computes them (a
     view whose map is degenerate gets a random in-image box, as in the cross-entropy track).
-    :func:`extra_mixed` also returns the mixer's output.
+    :func:`extra_mixed` also returns the mixer's output; ``stats`` (a gradmix.epochlog.EpochStats)
+    records it (masked fraction, fallback).
     """
-    xe, w, _ = extra_mixed(net, method, x, v1, v2, y, num_classes=num_classes, generator=generator, cfg=cfg,
-                           maps=maps)
+    xe, w, mixed = extra_mixed(net, method, x, v1, v2, y, num_classes=num_classes, generator=generator, cfg=cfg,
+                               maps=maps)
+    if stats is not None and mixed is not None:
+        stats.mixed(mixed)
     return xe, w
 
 
