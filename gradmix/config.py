@@ -592,7 +592,7 @@ def builtin_defaults(raw: Mapping[str, Any] | None = None) -> dict:
     from .probe import ProbeConfig
 
     def plain(obj):
-        return _plain(dataclasses.asdict(obj))
+        return yaml_values(dataclasses.asdict(obj))
 
     out = {name: plain(cls()) for name, cls in (
         ("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig), ("evaluate", EvalConfig),
@@ -669,12 +669,12 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any] | list[
     return out
 
 
-def _plain(v):
+def yaml_values(v):
     """Tuples -> lists, recursively (dataclasses.asdict output -> YAML-like values)."""
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [yaml_values(x) for x in v]
     if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
+        return {k: yaml_values(x) for k, x in v.items()}
     return v
 
 
@@ -682,7 +682,7 @@ def _same(a, b) -> bool:
     """Equal as YAML values: lists and tuples alike, 1 == 1.0, but true != 1."""
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
-    return _plain(a) == _plain(b)
+    return yaml_values(a) == yaml_values(b)
 
 
 def _leaves(d: Mapping, prefix=()):
@@ -709,7 +709,7 @@ def _put(d: dict, keys, value) -> None:
 
 def _show(v) -> str:
     """A value as one line of YAML (flow style)."""
-    return yaml.safe_dump(_plain(v), default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()
+    return yaml.safe_dump(yaml_values(v), default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()
 
 
 def apply_smoke(cfg: Config) -> Config:
