@@ -30,13 +30,17 @@ SUMMARY_METRICS = ("accuracy", "auroc", "oscr")
 
 
 def tpr_at(fpr_grid: np.ndarray, fpr: np.ndarray, tpr: np.ndarray) -> np.ndarray:
-    """TPR of one ROC curve (``fpr``, ``tpr``: ascending, as :func:`gradmix.metrics.roc` returns them)
-    at each FPR of ``fpr_grid``, linear between the curve's points. Where the curve is vertical (several
-    points at one FPR) the highest TPR there: the best TPR reachable with at most that FPR."""
+    """TPR of one ROC curve (``fpr``, ``tpr``: its points in ascending order, as
+    :func:`gradmix.metrics.roc` returns them) at each FPR of ``fpr_grid``, read off the curve as drawn:
+    linear between consecutive points, and where the curve is vertical (several points at one FPR)
+    the highest TPR there, the best TPR reachable with at most that FPR."""
     fpr, tpr = np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64)
-    ufpr, first_in_reversed = np.unique(fpr[::-1], return_index=True)
-    top = tpr[len(tpr) - 1 - first_in_reversed]          # the last (highest) TPR at each distinct FPR
-    return np.interp(fpr_grid, ufpr, top)
+    grid = np.asarray(fpr_grid, dtype=np.float64)
+    i = np.clip(np.searchsorted(fpr, grid, side="right") - 1, 0, len(fpr) - 1)   # last point with FPR <= f
+    j = np.minimum(i + 1, len(fpr) - 1)                                         # the next one (FPR > f)
+    span = fpr[j] - fpr[i]
+    t = np.divide(grid - fpr[i], span, out=np.zeros_like(grid), where=span > 0)
+    return np.where(fpr[i] == grid, tpr[i], tpr[i] + t * (tpr[j] - tpr[i]))
 
 
 def run_score(z, score: str) -> str:

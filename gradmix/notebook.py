@@ -71,7 +71,8 @@ def run(notebook: str | Path, output: str | Path, parameters: dict | None = None
     output.parent.mkdir(parents=True, exist_ok=True)
     output.unlink(missing_ok=True)
     pm.execute_notebook(str(notebook), str(part), parameters=parameters or {}, progress_bar=False,
-                        stdout_file=sys.stdout, stderr_file=sys.stderr, config=kernel_config())
+                        stdout_file=sys.stdout, stderr_file=sys.stderr, config=kernel_config(),
+                        shutdown_kernel="immediate")   # the notebook is saved: no graceful wait
     os.replace(part, output)
     return output
 

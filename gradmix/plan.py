@@ -64,15 +64,20 @@ def _count(values, noun: str) -> str:
 
 
 def plan_lines(cfg: Config, methods, splits=None, seeds=None, out: str | Path | None = None) -> list[str]:
-    """The plan as lines: one per method, ``gradmix: 5 splits [0, 1, 2, 3, 4] × seed 0 × 15 epochs
-    = 5 runs -> runs/gradmix``; ``splits``/``seeds`` default to the config's."""
+    """The plan as lines, one per number of epochs: ``gradmix: 5 splits [0, 1, 2, 3, 4] × seed 0 × 15
+    epochs = 5 runs -> runs/gradmix``, or ``10 methods (erm, mixup, ...): ... = 50 runs -> runs``;
+    ``splits``/``seeds`` default to the config's."""
     splits = list(cfg.data.splits if splits is None else splits)
     seeds = list(cfg.train.seeds if seeds is None else seeds)
-    lines = []
+    groups: dict[int, list[str]] = {}
     for m in methods:
-        n, e = len(splits) * len(seeds), epochs(cfg, m)
-        where = f" -> {Path(out) / m}" if out is not None else ""
-        lines.append(f"{m}: {_count(splits, 'split')} × {_count(seeds, 'seed')} × {e} epoch{'s' * (e != 1)} "
+        groups.setdefault(epochs(cfg, m), []).append(m)
+    lines = []
+    for e, names in groups.items():
+        n = len(splits) * len(seeds) * len(names)
+        who = names[0] if len(names) == 1 else f"{len(names)} methods ({', '.join(names)})"
+        where = "" if out is None else f" -> {Path(out) / names[0] if len(names) == 1 else out}"
+        lines.append(f"{who}: {_count(splits, 'split')} × {_count(seeds, 'seed')} × {e} epoch{'s' * (e != 1)} "
                      f"= {n} run{'s' * (n != 1)}{where}")
     return lines
 
