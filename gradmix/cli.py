@@ -102,12 +102,14 @@ def cmd_evaluate(args) -> int:
 
     from . import evaluate
 
-    if bool(args.run_dirs) == bool(args.runs):
-        raise config.ConfigError("give run directories or --runs DIR (not both)")
-    scores = tuple(args.scores)
     from .scores import SCORES
+
+    scores = tuple(args.scores)
     for s in scores:
         config.check_choice("--scores", s, SCORES)
+    if bool(args.run_dirs) == bool(args.runs):
+        raise config.ConfigError("give either run directories or --runs DIR" +
+                                 (", not both" if args.runs else ""))
     if args.runs:
         df = evaluate.evaluate_runs(args.runs, args.methods or None, scores)
     else:
@@ -206,7 +208,10 @@ def main(argv=None) -> int:
     if argv[:1] == ["download"]:             # every other argument is gradmix.download's (argparse's
         args = argparse.Namespace(command="download", func=cmd_download, args=argv[1:])   # REMAINDER drops options)
     else:
-        args = parser().parse_args(argv)
+        try:
+            args = parser().parse_args(argv)
+        except SystemExit as e:              # --help (0) or a usage error (2, one line printed)
+            return e.code
     try:
         return args.func(args)
     except (*ERRORS, DownloadError) as e:
