@@ -2,7 +2,11 @@
 # make test:  set up the environment if needed, then run pytest and nbval over every notebook.
 # make data:  download, verify and prepare the datasets of PROFILE (default: paper = every paper_*
 #             profile of params_paper.yaml) into data/, then record them in data.dvc (dvc add data).
+# make env TORCH_INDEX=https://download.pytorch.org/whl/cpu   (or .../whl/cu126, ...): take torch and
+#             torchvision (the versions pinned in pyproject.toml) from that index: a CPU-only build, or
+#             one for an older CUDA driver (docs/install.md).
 PYTHON ?= python3
+TORCH_INDEX ?=
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-stamp
@@ -17,6 +21,7 @@ env: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --quiet --index-url $(TORCH_INDEX) $$(grep -oE '"torch(vision)?==[^"]+"' pyproject.toml | tr -d '"'))
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

@@ -11,6 +11,8 @@ config) and on the leaf :mod:`gradmix.checks`; none of them imports this module.
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -41,12 +43,12 @@ class DataConfig:
 
     dataset: str = "digits"
     root: str = "data"
-    image_size: int = 32            # 0 = the dataset's native size (ImageFolder: median shorter side)
+    image_size: int = 16            # 0 = the dataset's native size (ImageFolder: median shorter side)
     test_fraction: float = 0.3      # stratified hold-out for datasets without an official test set
     split_seed: int = 0             # seed of that stratified split and of the test-set balancing
     splits: tuple[int, ...] = (0, 1, 2, 3, 4)
     balance_test: bool = True       # subsample the larger of known/unknown test sets (Vaze et al.)
-    crop_padding: int = 2           # random-crop augmentation: pad by this many pixels, crop back
+    crop_padding: int = 1           # random-crop augmentation: pad by this many pixels, crop back
     hflip: bool = False             # random horizontal flip (off for digits)
     max_train: int = 0              # cap on training images, stratified (every known class kept), 0 = all
     known: str = "protocol"         # protocol | all | list | random: how known classes are chosen
@@ -101,7 +103,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "small_cnn"
-    width: int = 32                 # base channel width of small_cnn (resnet18/vgg32 are fixed)
+    width: int = 16                 # base channel width of small_cnn (resnet18/vgg32 are fixed)
 
     def __post_init__(self):
         check_choice("model.name", self.name, MODELS)
@@ -139,7 +141,7 @@ class TrainConfig:
         check_choice("train.schedule", self.schedule, {"cosine", "constant", "cosine_restarts"})
         check_range("train.restarts", self.restarts, 0, self.epochs - 1)
         check_range("train.min_lr_factor", self.min_lr_factor, 0.0, 1.0)
-        check_range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs - 1)
+        check_range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs)   # = epochs: all warm-up
         check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0)
         if not self.seeds:
             raise ConfigError("train.seeds: empty; give at least one seed")
@@ -228,7 +230,7 @@ class OODConfig:
     near: tuple[str, ...] = ("rotated",)
     far: tuple[str, ...] = ("photo_patches", "uniform_noise")
     scores: tuple[str, ...] = ("msp", "mls")
-    num_generated: int = 500        # images of each generated set (photo_patches, uniform_noise)
+    num_generated: int = 300        # images of each generated set (photo_patches, uniform_noise)
     max_images: int = 0             # cap per set (seeded subsample), 0 = all
     places365_subset: int = 10000   # the fixed Places365 subset: this many val_256 images, drawn with `seed`
     seed: int = 0
@@ -250,8 +252,8 @@ class CorruptionConfig:
     """Corruption robustness (gradmix.corruption): accuracy on corrupted known-class test images."""
 
     source: str = "on_the_fly"      # on_the_fly: corrupt the test images here | cifar10c: the official archive
-    corruptions: tuple[str, ...] = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur",
-                                    "motion_blur", "zoom_blur", "contrast", "pixelate")
+    corruptions: tuple[str, ...] = ("gaussian_noise", "impulse_noise", "defocus_blur", "motion_blur",
+                                    "contrast", "pixelate")   # 2 noise, 2 blur, 2 digital
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     max_images: int = 0             # cap on test images (seeded subsample), 0 = all
     seed: int = 0
@@ -281,7 +283,7 @@ class TeacherConfig:
     """The teacher of the distilled students (gradmix.teacher); it trains with the ``train`` recipe."""
 
     name: str = "small_cnn"         # small_cnn | resnet18 | vgg32
-    width: int = 32                 # small_cnn base width
+    width: int = 16                 # small_cnn base width
     dir: str = "runs/teacher"       # teacher runs: dir/split<k>-seed<s>; "" = train each on demand in a temp dir
 
     def __post_init__(self):
@@ -308,6 +310,8 @@ class Config:
     contrastive: Any = None                              # gradmix.contrastive.ContrastiveConfig, or None
     pipeline_distill: tuple[str, ...] = ()               # of pipeline_methods: the distilled students
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    # one line per profile value replaced by an explicit one (params.yaml or --set), from load()
+    overridden: tuple[str, ...] = field(default=(), compare=False)
 
     def method(self, name: str) -> MethodConfig:
         if name not in self.methods:
@@ -395,20 +399,54 @@ def _contrastive(raw):
     return ContrastiveConfig.from_dict(raw)
 
 
-def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str | None = None) -> Config:
-    """Load and validate ``params.yaml``; with ``smoke=True`` apply its ``smoke`` overrides.
+def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str | None = None,
+         overrides: Mapping[str, Any] | list[str] | None = None) -> Config:
+    """Load and validate ``params.yaml``: its profile, then (``smoke=True``) its ``smoke`` section, then
+    ``overrides`` (``["train.epochs=3", ...]`` or ``{"train.epochs": 3}``; values parsed as YAML).
 
-    ``profile`` selects a profile of ``profile.file`` instead of params.yaml's ``profile.name``.
+    Precedence, lowest first: the built-in defaults (:func:`builtin_defaults`, which params.yaml writes
+    out), the profile ``profile.name`` of ``profile.file`` (``profile`` selects another one), values of
+    params.yaml that differ from the built-in defaults (explicit: e.g. written by ``dvc exp run -S``),
+    the smoke overrides, ``overrides``. ``Config.overridden`` says which explicit values replaced a
+    value of the profile. Raises ConfigError naming the file, key or value.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path.resolve()}")
     raw = read_params(path.read_text(), str(path))     # YAML, with method inheritance (<<: *base) checked
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"params file {path}: expected a mapping of sections, got {type(raw).__name__}")
     raw = dict(raw or {})
     if profile is not None:
         raw["profile"] = {**(raw.get("profile") or {}), "name": profile}
-    cfg = from_dict(apply_profile(raw, path.parent))
-    return apply_smoke(cfg) if smoke else cfg
+    sets = parse_overrides(overrides)
+    first = {k: v for k, v in sets.items() if k.startswith("profile.")}   # they choose the profile
+    raw = apply_overrides(raw, first)
+    notes: list[str] = []
+    merged = apply_profile(raw, path.parent, notes)
+    if smoke:
+        sections = raw.get("smoke") or {}
+        if not isinstance(sections, Mapping):
+            raise ConfigError("smoke: expected a mapping section -> overrides")
+        for section in sections:
+            check_choice("smoke section", section, SMOKE_SECTIONS)
+        merged = merge(merged, sections)
+    rest = {k: v for k, v in sets.items() if k not in first}
+    name, over = _profile(raw, path.parent)
+    for key, value in rest.items():
+        theirs = _get(over, key.split("."))
+        if theirs is not _MISSING and not _same(theirs, value):
+            notes.append(f"{key}={_show(value)} (--set) overrides profile {name}'s {_show(theirs)}")
+    try:
+        cfg = from_dict(apply_overrides(merged, rest))
+    except ConfigError as e:           # a profile value that no longer fits an explicit one: say where it is from
+        key = str(e).split(":", 1)[0]
+        theirs = _get(over, key.split("."))
+        if theirs is _MISSING or key in rest or _same(_get(merged, key.split(".")), _get(raw, key.split("."))):
+            raise
+        raise ConfigError(f"{e} ({key}={_show(theirs)} comes from profile {name}; set it too, e.g. "
+                          f"--set {key}=... or dvc exp run -S {key}=...)") from None
+    return dataclasses.replace(cfg, overridden=tuple(notes))
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
@@ -428,27 +466,20 @@ def profile_names(path: str | Path = "params.yaml") -> list[str]:
     return list(yaml.safe_load(file.read_text()) or {}) if file.is_file() else ["default"]
 
 
-def apply_profile(raw: Mapping[str, Any], base_dir: str | Path = ".") -> dict:
-    """``raw`` with the overrides of its selected profile (``profile.name`` in ``profile.file``) merged in.
-
-    A profile is a mapping of sections (data, model, train, methods, evaluate, ood, corruption) whose
-    values replace those of params.yaml; ``default`` (empty) keeps params.yaml as written. It may not
-    set ``pipeline`` (DVC's stage list comes from params.yaml), ``smoke`` or ``profile``.
-    """
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"params: expected a mapping at top level, got {type(raw).__name__}")
+def _profile(raw: Mapping[str, Any], base_dir: str | Path) -> tuple[str, dict]:
+    """(name, overrides) of the profile ``raw`` selects; ``{}`` for ``default`` or no profile file."""
     prof = build(ProfileConfig, raw.get("profile"), "profile")
     path = Path(base_dir) / prof.file
     if not path.is_file():
         if prof.name == "default":
-            return dict(raw)
+            return prof.name, {}
         raise ConfigError(f"profile.file: {path} not found (profile.name={prof.name!r})")
     profiles = read_params(path.read_text(), str(path)) or {}
     if not isinstance(profiles, Mapping):
         raise ConfigError(f"profile file {path}: expected a mapping name -> overrides")
     if prof.name not in profiles:
         if prof.name == "default":
-            return dict(raw)
+            return prof.name, {}
         raise ConfigError(f"profile.name: unknown profile {prof.name!r}; valid profiles in {path.name}: "
                           f"{sorted(profiles)}")
     over = profiles[prof.name] or {}
@@ -458,12 +489,175 @@ def apply_profile(raw: Mapping[str, Any], base_dir: str | Path = ".") -> dict:
     if bad:
         raise ConfigError(f"profile {prof.name!r}: cannot override {bad}; valid sections: "
                           f"{sorted(set(SECTIONS) - {'pipeline', 'smoke', 'profile'})}")
-    return merge(raw, over)
+    return prof.name, dict(over)
+
+
+def apply_profile(raw: Mapping[str, Any], base_dir: str | Path = ".", notes: list | None = None) -> dict:
+    """``raw`` with its selected profile (``profile.name`` in ``profile.file``) merged in.
+
+    A profile is a mapping of sections (data, model, train, methods, evaluate, ood, corruption, teacher,
+    contrastive) whose values replace params.yaml's, except *explicit* ones: a value of ``raw`` that
+    differs from its built-in default (:func:`builtin_defaults`) was set on purpose (by hand or by
+    ``dvc exp run -S``) and wins; each such win is appended to ``notes`` as one line. ``default``
+    (empty) keeps params.yaml as written. A profile may not set ``pipeline`` (DVC's stage list comes
+    from params.yaml), ``smoke`` or ``profile``.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"params: expected a mapping at top level, got {type(raw).__name__}")
+    name, over = _profile(raw, base_dir)
+    merged = merge(raw, over)
+    defaults = builtin_defaults(merged)
+    for keys, theirs in _leaves(over):
+        ours, default = _get(raw, keys), _get(defaults, keys)
+        if ours is _MISSING or default is _MISSING or _same(ours, default) or _same(ours, theirs):
+            continue
+        _put(merged, keys, ours)
+        if notes is not None:
+            notes.append(f"{'.'.join(keys)}={_show(ours)} (params.yaml) overrides profile {name}'s {_show(theirs)}")
+    return merged
+
+
+def builtin_defaults(raw: Mapping[str, Any] | None = None) -> dict:
+    """The package's built-in value of every knob, as a params mapping.
+
+    For the sections with a dataclass (data, model, train, evaluate, bench, ood, corruption, profile,
+    teacher; contrastive train, views, knn, probe) the dataclass defaults, which ``params.yaml``
+    writes out unchanged (tests/test_cli.py checks it). For each method of ``raw`` (``methods``,
+    ``contrastive.methods``), the defaults of its mixer's or view's options. Lists, not tuples.
+    """
+    from .contrastive.config import ContrastiveTrainConfig, ViewConfig   # late: they import this module
+    from .distill import DistillOptions
+    from .knn import KnnConfig
+    from .mixing import MIXERS
+    from .probe import ProbeConfig
+
+    def plain(obj):
+        return yaml_values(dataclasses.asdict(obj))
+
+    out = {name: plain(cls()) for name, cls in (
+        ("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig), ("evaluate", EvalConfig),
+        ("bench", BenchConfig), ("ood", OODConfig), ("corruption", CorruptionConfig),
+        ("profile", ProfileConfig), ("teacher", TeacherConfig))}
+    out["contrastive"] = {"train": plain(ContrastiveTrainConfig()), "views": plain(ViewConfig()),
+                          "knn": plain(KnnConfig()), "probe": plain(ProbeConfig()), "methods": {}}
+    raw = raw or {}
+    methods = raw.get("methods") if isinstance(raw.get("methods"), Mapping) else {}
+    out["methods"] = {}
+    for name, m in methods.items():
+        if isinstance(m, Mapping) and m.get("mixer") in MIXERS:
+            out["methods"][name] = {"use": "replace", "kind": "ce", **plain(MIXERS[m["mixer"]].options())}
+            if m.get("kind") == "distill":
+                out["methods"][name]["distill"] = plain(DistillOptions())
+    contrastive = raw.get("contrastive") if isinstance(raw.get("contrastive"), Mapping) else {}
+    cmethods = contrastive.get("methods") if isinstance(contrastive.get("methods"), Mapping) else {}
+    for name, m in cmethods.items():
+        if isinstance(m, Mapping):
+            d = {"gamma": 1.0, "mu": 1.0, "weight": "lam", "supcon_extra": False, "objective": "simclr"}
+            if m.get("view") in MIXERS and m.get("view") != "none":
+                opts = plain(MIXERS[m["view"]].options())
+                d["options"] = {k: v for k, v in opts.items() if k not in ("objective", "weight")}
+            out["contrastive"]["methods"][name] = d
+    return out
+
+
+_MISSING = object()
+KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
+
+
+def parse_overrides(overrides: Mapping[str, Any] | list[str] | None) -> dict[str, Any]:
+    """``["train.epochs=3", "data.splits=[0, 1]"]`` (values parsed as YAML; empty = "") or a mapping of
+    dotted keys -> {dotted key: value}. A malformed item raises ConfigError naming it."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for item in overrides:
+            key, eq, text = str(item).partition("=")
+            if not eq:
+                raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=3")
+            try:
+                value = yaml.safe_load(text) if text.strip() else ""
+            except yaml.YAMLError as e:
+                raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+            items.append((key.strip(), value))
+    for key, _ in items:
+        if not KEY.fullmatch(key):
+            raise ConfigError(f"--set {key!r}: not a dotted key of params.yaml, e.g. train.epochs or methods.mixup.alpha")
+    return dict(items)
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any] | list[str] | None) -> dict:
+    """``raw`` with each dotted key of ``overrides`` (see :func:`parse_overrides`) set; missing mappings on
+    the way are created (from_dict then rejects unknown keys). Setting a key below a value that is not
+    a mapping raises ConfigError."""
+    out = merge(raw, {})
+    for key, value in parse_overrides(overrides).items():
+        keys = key.split(".")
+        node = out
+        for i, k in enumerate(keys[:-1]):
+            child = node.get(k)
+            if child is None:
+                child = {}
+            elif not isinstance(child, Mapping):
+                raise ConfigError(f"--set {key}: {'.'.join(keys[:i + 1])} is {_show(child)}, not a section "
+                                  f"with keys")
+            node[k] = child = dict(child)
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def yaml_values(v):
+    """Tuples -> lists, recursively (dataclasses.asdict output -> YAML-like values)."""
+    if isinstance(v, (list, tuple)):
+        return [yaml_values(x) for x in v]
+    if isinstance(v, dict):
+        return {k: yaml_values(x) for k, x in v.items()}
+    return v
+
+
+def _same(a, b) -> bool:
+    """Equal as YAML values: lists and tuples alike, 1 == 1.0, but true != 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return yaml_values(a) == yaml_values(b)
+
+
+def _leaves(d: Mapping, prefix=()):
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            yield from _leaves(v, (*prefix, k))
+        else:
+            yield (*prefix, k), v
+
+
+def _get(d, keys):
+    for k in keys:
+        if not isinstance(d, Mapping) or k not in d:
+            return _MISSING
+        d = d[k]
+    return d
+
+
+def _put(d: dict, keys, value) -> None:
+    for k in keys[:-1]:
+        d[k] = d = dict(d[k])
+    d[keys[-1]] = value
+
+
+def _show(v) -> str:
+    """A value as one line of YAML (flow style)."""
+    return yaml.safe_dump(yaml_values(v), default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()
 
 
 def apply_smoke(cfg: Config) -> Config:
     """Return ``cfg`` with the ``smoke`` section's overrides (e.g. ``train: {epochs: 1}``) applied."""
     return replace(cfg, _where="smoke", **cfg.smoke)
+
+
+SMOKE_SECTIONS = ("data", "model", "train", "evaluate", "ood", "corruption", "contrastive", "teacher")
 
 
 def replace(cfg: Config, _where: str = "override", **sections: Mapping[str, Any]) -> Config:
@@ -473,8 +667,7 @@ def replace(cfg: Config, _where: str = "override", **sections: Mapping[str, Any]
     """
     out = cfg
     for section, overrides in sections.items():
-        check_choice(f"{_where} section", section,
-                     {"data", "model", "train", "evaluate", "ood", "corruption", "contrastive", "teacher"})
+        check_choice(f"{_where} section", section, SMOKE_SECTIONS)
         current = getattr(cfg, section)
         if section == "contrastive":
             if current is None:

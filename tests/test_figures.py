@@ -18,6 +18,8 @@ from gradmix.contrastive import runs as contrastive_runs  # noqa: E402
 from gradmix.config import ConfigError  # noqa: E402
 from gradmix.robustness import ood_columns  # noqa: E402
 
+import fakes  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def _close_figures():
@@ -125,9 +127,7 @@ def fabricate_runs(root, methods=("a", "b"), splits=3, n=40):
             known[np.arange(n), labels] += shift + 0.3 * k
             np.savez(d / "scores.npz", logits_known=known, labels_known=labels,
                      logits_unknown=rng.normal(size=(n, 3)), labels_unknown=np.full(n, 9))
-            (d / "model.pt").write_bytes(b"")                # not read by the figures
-            (d / "log.csv").write_text("epoch\n")
-            rundir.write_marker(d, run)                       # sealed: a finished run
+            fakes.seal(d, run)                                # a finished run
     return root
 
 

@@ -93,6 +93,32 @@ def test_pipeline_writes_metrics_figures_tables_for_every_method(pipeline):
     assert {f"train_{m}.ipynb" for m in methods} | {"teacher.ipynb"} <= executed
 
 
+def test_dvc_metrics_and_plots_after_repro(pipeline):
+    """One small metrics file; plots overlay every method from data files; executed notebooks only
+    complete ones; each training stage printed its device and plan."""
+    copy, params, env = pipeline
+    methods = params["pipeline"]["methods"] + params["pipeline"].get("distill", [])
+    contrastive = params["contrastive"]["pipeline"]
+    shown = json.loads(sh("dvc metrics show --json", copy, env))
+    (files,) = [v["data"] for v in shown.values()]
+    assert list(files) == ["results/summary.json"]
+    summary = files["results/summary.json"]["data"]["digits"]
+    assert list(summary) == methods + contrastive
+    assert all(set(m) == {"accuracy", "auroc", "oscr"} and all(0 <= v <= 1 for v in m.values())
+               for m in summary.values())
+    plots = json.loads(sh("dvc plots show --json", copy, env))
+    assert not plots.get("errors")
+    drawn = {k: {d["method"] for d in v[0]["content"]["data"]["values"]}
+             for k, v in plots["data"].items() if v[0]["type"] == "vega"}
+    assert drawn == {"training_loss": set(methods), "training_accuracy": set(methods),
+                     "training_auroc": set(methods), "roc": set(methods + contrastive)}
+    assert (copy / "results/plots/roc.csv").stat().st_size < 100_000
+    assert not list((copy / "results/notebooks").glob("*.part.ipynb"))
+    train = nbformat.read(copy / "results/notebooks/train_erm.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in train.cells for o in c.get("outputs", []))
+    assert "train: device: cpu" in printed and "erm: 2 splits [0, 1] × seed 0 × 1 epoch = 2 runs" in printed
+
+
 def test_second_repro_does_nothing(pipeline):
     copy, _, env = pipeline
     out = sh("dvc repro", copy, env)
