@@ -16,7 +16,7 @@ export PATH := $(BIN):$(PATH)
 PIPELINE_OUTPUTS := runs results/notebooks results/figures results/runs.csv dvc_plots .dvc/tmp
 
 .DEFAULT_GOAL := help
-.PHONY: help env repro test bench data clean clean-checkpoints
+.PHONY: help env repro test bench data readme-figures clean clean-checkpoints
 
 help:  ## list the targets
 	@echo "gradmix: make <target> [VARIABLE=value]"
@@ -46,6 +46,9 @@ bench: $(STAMP)  ## time each method's train step against ERM: results/bench.jso
 data: $(STAMP)  ## download and verify the datasets of PROFILE (default: every paper profile), then dvc add data
 	python -m gradmix.prepare --profile $(PROFILE)
 	dvc add data
+
+readme-figures: $(STAMP)  ## after make repro: results/figures/{metrics,gallery}.png -> docs/img (small PNGs for the README)
+	python -c "from PIL import Image; [Image.open(f'results/figures/{n}.png').convert('RGB').quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(f'docs/img/{n}.png', optimize=True) for n in ('metrics', 'gallery')]"
 
 clean:  ## remove untracked pipeline outputs (runs/, executed notebooks, figures, dvc_plots/); keeps checkpoints/
 	git clean -fdxq -- $(PIPELINE_OUTPUTS)
