@@ -127,3 +127,10 @@ def test_nothing_points_outside_the_repository_or_to_internal_process():
             for n, line in enumerate((ROOT / f).read_text().splitlines(), 1) if INTERNAL.search(line)]
     assert hits == []
 
+
+
+def test_no_python_example_writes_into_the_pipelines_runs_folder():
+    """runs/ is a DVC output: code that trains into it makes the next `dvc repro` retrain its stages."""
+    hits = [f"{page.name}: {line.strip()}" for page in PAGES for block in python_blocks(page.read_text())
+            for line in block.splitlines() if re.search(r"[\"']runs([/\"'])", re.sub(r"#.*", "", line))]
+    assert hits == []
