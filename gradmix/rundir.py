@@ -394,8 +394,9 @@ def environment(device) -> dict:
     import torch
 
     device = torch.device(device)
+    commit, dirty = _git_state()
     return {"device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
-            "gradmix": _version(), "git_commit": _git_state()[0], "git_dirty": _git_state()[1], "torch": torch.__version__,
+            "gradmix": _version(), "git_commit": commit, "git_dirty": dirty, "torch": torch.__version__,
             "python": platform.python_version(), "cpu": _cpu_model(), "threads": torch.get_num_threads(),
             "host": socket.gethostname()}
