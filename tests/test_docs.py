@@ -134,3 +134,12 @@ def test_no_python_example_writes_into_the_pipelines_runs_folder():
     hits = [f"{page.name}: {line.strip()}" for page in PAGES for block in python_blocks(page.read_text())
             for line in block.splitlines() if re.search(r"[\"']runs([/\"'])", re.sub(r"#.*", "", line))]
     assert hits == []
+
+
+def test_docs_pages_named_anywhere_exist():
+    """A docs/<page>.md named in code, notebooks, params or the Makefile exists."""
+    out = subprocess.run(["git", "grep", "-h", "-o", r"docs/[a-z_]*\.md", "--", ":!tests/test_docs.py"], cwd=ROOT,
+                         capture_output=True, text=True).stdout
+    named = set(out.split())
+    assert "docs/methods.md" in named
+    assert sorted(p for p in named - ELSEWHERE if not (ROOT / p).is_file()) == []
