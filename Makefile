@@ -1,22 +1,30 @@
-# make repro: set up the environment if needed, then run the whole DVC pipeline (dvc repro).
-# make test:  set up the environment if needed, then run pytest and nbval over every notebook.
-# make data:  download, verify and prepare the datasets of PROFILE (default: paper = every paper_*
-#             profile of params_paper.yaml) into data/, then record them in data.dvc (dvc add data).
-# make env TORCH_INDEX=https://download.pytorch.org/whl/cpu   (or .../whl/cu126, ...): take torch and
-#             torchvision (the versions pinned in pyproject.toml) from that index: a CPU-only build, or
-#             one for an older CUDA driver (docs/install.md).
+# gradmix: `make help` lists every target (the text after `##` on its line).
+# Variables: PYTHON (the interpreter make env uses), TORCH_INDEX (a PyTorch wheel index for make env:
+# a CPU-only build, or one for an older CUDA driver; docs/install.md), PROFILE (what make data fetches).
 PYTHON ?= python3
 TORCH_INDEX ?=
+PROFILE ?= paper
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 
-.PHONY: env repro test bench clean data
+# What `make clean` removes: the pipeline's outputs that git does not track (trained runs, executed
+# notebooks, figures, the per-run table, dvc plots output, DVC's temporary files). Committed results
+# (results/metrics.json, summary.json, tables, robustness, ood/corruption json, plots/*.csv, bench.json),
+# dvc.lock and docs/img are never touched: `git clean` removes untracked files only.
+PIPELINE_OUTPUTS := runs results/notebooks results/figures results/runs.csv dvc_plots .dvc/tmp
 
-PROFILE ?= paper
+.DEFAULT_GOAL := help
+.PHONY: help env repro test bench data readme-figures clean clean-checkpoints
 
-env: $(STAMP)
+help:  ## list the targets
+	@echo "gradmix: make <target> [VARIABLE=value]"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "Entry points beyond make: gradmix --help (train, evaluate, download, config; docs/cli.md),"
+	@echo "examples/*.py (a new mixer, your own model, your own images; docs/extending.md)."
+
+env: $(STAMP)  ## create .venv and pip install -e '.[test]' (TORCH_INDEX=<url>: torch from that index)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,19 +33,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-repro: $(STAMP)
+repro: $(STAMP)  ## run the whole pipeline (dvc repro) on the embedded default: results/, figures, tables
 	dvc repro
 
-test: $(STAMP)
+test: $(STAMP)  ## pytest, then nbval over every notebook (what CI runs)
 	python -m pytest tests
 	python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider notebooks
 
-data: $(STAMP)
+bench: $(STAMP)  ## time each method's train step against ERM: results/bench.json
+	python bench/bench.py
+
+data: $(STAMP)  ## download and verify the datasets of PROFILE (default: every paper profile), then dvc add data
 	python -m gradmix.prepare --profile $(PROFILE)
 	dvc add data
 
-bench: $(STAMP)
-	python bench/bench.py
+readme-figures: $(STAMP)  ## after make repro: results/figures/{metrics,gallery}.png -> docs/img (small PNGs for the README)
+	python -c "from PIL import Image; [Image.open(f'results/figures/{n}.png').convert('RGB').quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(f'docs/img/{n}.png', optimize=True) for n in ('metrics', 'gallery')]"
 
-clean:
-	rm -rf runs results .dvc/cache .dvc/tmp
+clean:  ## remove untracked pipeline outputs (runs/, executed notebooks, figures, dvc_plots/); keeps checkpoints/
+	git clean -fdxq -- $(PIPELINE_OUTPUTS)
+
+clean-checkpoints:  ## remove checkpoints/ (resumable checkpoints and copies of finished runs: hours of training)
+	rm -rf checkpoints

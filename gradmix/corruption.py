@@ -5,7 +5,7 @@
 10,000 CIFAR-10 test images at severity 1 (rows 0..9999) to 5 (rows 40000..49999), and
 ``labels.npy``. :func:`cifar10c` reads one corruption and severity.
 
-**On the fly.** :data:`CORRUPTIONS` re-implements 12 of its 19 corruptions as batched torch
+**On the fly.** :data:`CORRUPTIONS` re-implements 13 of its 19 corruptions as batched torch
 functions ``f(x, severity, generator) -> x'`` on images (N, C, H, W) in [0, 1], on their device,
 random only through ``generator``. Constants per severity are those of ``make_cifar_c.py``
 (hendrycks/robustness, CIFAR version), in pixels, so they apply to any dataset and resolution

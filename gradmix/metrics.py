@@ -80,8 +80,10 @@ def oscr(s_known: np.ndarray, correct: np.ndarray, s_unknown: np.ndarray) -> flo
     For every threshold θ: CCR(θ) = |{x ∈ K : ŷ = y, s ≥ θ}| / |K| and FPR(θ) = |{u ∈ U : s_u ≥ θ}| / |U|.
     OSCR is the area under CCR against FPR, θ swept over all scores, from (0, 0) to
     (1, closed-set accuracy), by the trapezoid rule. Tied scores move both rates in one step.
-    Unlike the ARPL/Vaze implementation (sgvaze/osr_closed_set_all_you_need#28), the curve ends at
-    CCR = accuracy, not 1, when FPR = 1.
+    The ARPL/Vaze implementation (``compute_oscr``) gives slightly lower values (typically well below
+    0.1 point): at each cut-off it counts the unknowns from the k-th sorted score but the correct knowns
+    only above it (gary23ai/ARPL#15); without that offset it equals this definition. Its extra end
+    point (FPR, CCR) = (1, 1) adds no area (the segment from (1, accuracy) has zero width).
     """
     s_known = check_scores("oscr", "known", s_known)
     s_unknown = check_scores("oscr", "unknown", s_unknown)

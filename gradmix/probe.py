@@ -1,6 +1,6 @@
 """Linear probe: closed-set accuracy of frozen features (the "linear evaluation" / SSL downstream test).
 
-Follows the GradMix authors' ``main_linear.py`` (shared/research/methods.md §1.12): a linear layer
+Follows the GradMix authors' ``main_linear.py`` (gawainxu/GradMix; docs/methods.md): a linear layer
 on the frozen encoder ("backbone") features, cross-entropy, Adam (their ``set_optimizer``; their
 scripts: lr 0.01, 20-30 epochs, x0.1 steps at epochs 5, 10, 15), trained on the known-class training
 set and tested on the known-class test set.

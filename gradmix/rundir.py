@@ -24,8 +24,8 @@ finished run is only reused for the same identity, so a changed parameter *or* a
 resumes or restores stale results. What the identity leaves out but a user may want to know (host,
 CPU, threads, versions, git commit) is recorded by :func:`environment` in ``config.json``.
 
-This module is a leaf: it imports nothing from gradmix, so the trainers, evaluation and reports can
-all use it.
+This module is a leaf: of gradmix it imports only the version (``gradmix/__init__.py``, which imports
+nothing), so the trainers, evaluation and reports can all use it.
 """
 from __future__ import annotations
 
@@ -353,32 +353,50 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-@lru_cache(maxsize=1)
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
+    """``git <args>`` in the folder of this package; its output, or None (no git, not a checkout, timeout)."""
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                           text=True, timeout=5)
+        r = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                           timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return r.stdout.strip() if r.returncode == 0 else None
 
 
-def _version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
+@lru_cache(maxsize=1)
+def _git_state() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the git checkout this package runs from: the commit of ``HEAD`` and whether
+    the package's tracked sources differ from it (uncommitted edits). (None, None) when the package
+    does not run from a checkout of its own repository (installed into site-packages, no git): then
+    any repository that merely encloses the installation is not reported as the package's."""
+    top = _git("rev-parse", "--show-toplevel")
+    here = Path(__file__).resolve().parent
+    if top is None or Path(top).resolve() / here.name != here:
+        return None, None
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", str(here))
+    return commit, (None if status is None else bool(status))
 
-    try:
-        return version("gradmix")
-    except PackageNotFoundError:
-        return None
+
+def _version() -> str:
+    """The version of the gradmix package that runs (``gradmix.__version__``, the single source; the
+    installed distribution's metadata may belong to another checkout, or be absent)."""
+    from . import __version__
+
+    return __version__
 
 
 def environment(device) -> dict:
-    """Where and with what a run was trained (recorded in config.json, not part of its identity)."""
+    """Where and with what a run was trained (recorded in config.json, not part of its identity): the
+    device, CPU model, thread count, host, the torch / Python / gradmix versions, and the git commit
+    of the gradmix checkout with ``git_dirty`` (its package sources differ from that commit); the
+    commit and the flag are None outside a git checkout of gradmix."""
     import torch
 
     device = torch.device(device)
+    commit, dirty = _git_state()
     return {"device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
-            "gradmix": _version(), "git_commit": _git_commit(), "torch": torch.__version__,
+            "gradmix": _version(), "git_commit": commit, "git_dirty": dirty, "torch": torch.__version__,
             "python": platform.python_version(), "cpu": _cpu_model(), "threads": torch.get_num_threads(),
             "host": socket.gethostname()}

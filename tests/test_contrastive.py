@@ -405,7 +405,7 @@ def test_tracks_side_by_side_in_metrics_and_tables(tiny, tmp_path):
 
 
 def test_closed_set_runs_report_accuracy_and_mark_open_set_metrics_absent(tiny, tmp_path):
-    # the example: data.known: all trained fully, then crashed in embed on the empty unknown set
+    # regression: data.known: all trained fully, then crashed in embed on the empty unknown set
     closed = config.replace(tiny, data={"known": "all", "splits": [0]})
     d = runs.train_run(closed, "supcon_gradmix", 0, 0, tmp_path / "supcon_gradmix" / "split0-seed0")
     z = np.load(d / "scores.npz")

@@ -50,7 +50,7 @@ def test_max_train_caps_the_training_set():
 
 
 def test_max_train_keeps_every_class_seeded():
-    # the example: a small cap drew without stratification and dropped whole classes
+    # regression: a small cap drew without stratification and dropped whole classes
     for cap in (6, 7, 13):
         d = load_openset(config.DataConfig(max_train=cap), 0)
         counts = torch.bincount(d.y_train, minlength=6)

@@ -74,7 +74,7 @@ def test_imagefolder_options(tmp_path):
         config.replace(cfg, data={"folder": ""})
 
 
-# ----------------------------------------------------------------------------- Pillow modes (issue 8 §5.7)
+# ----------------------------------------------------------------------------- Pillow modes
 
 from gradmix import images  # noqa: E402
 from gradmix.datasets import image_folder, image_folder_index  # noqa: E402
@@ -165,7 +165,7 @@ def test_values_a_mode_cannot_mean_and_unknown_modes_fail_naming_the_file(tmp_pa
 
 
 def test_16_bit_folder_is_scaled_not_clipped_to_white(tmp_path):
-    # the issue's example: 16-bit grey files were clipped to 255, every image of every class white
+    # regression: 16-bit grey files were clipped to 255, every image of every class white
     root = tmp_path / "micro"
     for split in ("train", "test"):
         for k, c in enumerate(("a", "b")):

@@ -64,7 +64,7 @@ def test_openset_metrics_row():
     assert set(row) == {"accuracy", "auroc_mls", "oscr_mls", "fpr95_mls"}
 
 
-# ----------------------------------------------------------------------------- non-finite scores (issue 8 §5.2)
+# ----------------------------------------------------------------------------- non-finite scores
 
 NAN, INF = float("nan"), float("inf")
 
@@ -76,7 +76,7 @@ NAN, INF = float("nan"), float("inf")
     ("roc", roc),
 ])
 def test_every_metric_rejects_non_finite_scores_naming_itself(metric, call):
-    # the issue's example: OSCR of [nan, 1.0] used to be 1.0, FPR@95 a plausible number
+    # regression: OSCR of [nan, 1.0] used to be 1.0, FPR@95 a plausible number
     for k, u, side in (([NAN, 1.0], [0.5, 0.2], "known"), ([0.9, 1.0], [0.5, INF], "unknown"),
                        ([-INF, 1.0], [0.5], "known")):
         with pytest.raises(ValueError, match=rf"^{metric}: 1 of \d+ {side} scores are NaN or infinite"):
@@ -95,7 +95,7 @@ def test_openset_and_ood_metrics_reject_non_finite_logits():
         ood_metrics(lk + INF, {"rotated": lk}, ["rotated"], [])
 
 
-# ----------------------------------------------------------------------------- empty sets (issue 8 §5.4)
+# ----------------------------------------------------------------------------- empty sets
 
 @pytest.mark.parametrize("metric, call", [
     ("fpr_at_tpr", lambda k, u: fpr_at_tpr(k, u)),
@@ -104,7 +104,7 @@ def test_openset_and_ood_metrics_reject_non_finite_logits():
     ("roc", roc),
 ])
 def test_metrics_given_an_empty_side_name_it(metric, call):
-    # the issue's example: fpr_at_tpr on an empty known set raised a bare IndexError
+    # regression: fpr_at_tpr on an empty known set raised a bare IndexError
     with pytest.raises(ValueError, match=rf"^{metric}: the known test set is empty"):
         call(np.array([]), np.array([0.3, 0.5]))
     with pytest.raises(ValueError, match=rf"^{metric}: the unknown test set is empty \(a closed-set run"):

@@ -160,7 +160,7 @@ def test_pure_and_deterministic(batch, model):
         assert not torch.equal(a.x, c.x), f"{name} ignores its generator"
 
 
-# ----------------------------------------------------------------------------- area-matched ablation (issue 8 §1)
+# ----------------------------------------------------------------------------- area-matched ablation
 
 def _nominal_area(o: GradMixOptions, lam0: torch.Tensor, s: int = 16) -> torch.Tensor:
     """The unclipped box [c - side//2, c + side//2)² of λ0: (2·(side//2))² / S²."""
@@ -233,10 +233,10 @@ def test_masked_fraction_of_every_mixer(batch, model):
                                               options=CutMixOptions(prob=0.0))), torch.zeros(len(x)))
 
 
-# ----------------------------------------------------------------------------- degenerate maps (issue 8 §5.1)
+# ----------------------------------------------------------------------------- degenerate maps
 
 def test_all_zero_map_falls_back_to_a_random_in_image_box():
-    # the issue's example: an all-zero map used to put the box at pixel (0, 0), clipped to a quarter
+    # regression: an all-zero map used to put the box at pixel (0, 0), clipped to a quarter
     m = gradmix(torch.zeros(1, 1, 16, 16), torch.tensor([0]), num_classes=2,
                 generator=torch.Generator().manual_seed(0), options=GradMixOptions(), maps=torch.zeros(1, 16, 16))
     corner = torch.zeros(16, 16, dtype=torch.bool)
@@ -325,7 +325,7 @@ def test_peak_refuses_non_finite_maps():
         peak(maps)
 
 
-# ----------------------------------------------------------------------------- input types (issue 8 §5.5)
+# ----------------------------------------------------------------------------- input types
 
 LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 IMAGE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

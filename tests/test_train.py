@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import gradmix
 from gradmix import config, evaluate, train, trainers
 from gradmix.mixing.boxes import Mixed
 
@@ -22,7 +23,8 @@ def test_run_directory_contract(tiny, tmp_path):
     info = json.loads((d / "config.json").read_text())["run"]
     assert (info["method"], info["split"], info["seed"]) == ("gradmix", 0, 0)
     assert info["device"] == "cpu" and info["threads"] == torch.get_num_threads() and info["torch"] == torch.__version__
-    assert info["host"] and "git_commit" in info and info["segments"][0]["from_epoch"] == 1
+    assert info["host"] and "git_commit" in info and "git_dirty" in info and info["segments"][0]["from_epoch"] == 1
+    assert info["gradmix"] == gradmix.__version__
     log = np.genfromtxt(d / "log.csv", delimiter=",", names=True)
     assert list(log["epoch"]) == [1, 2] and np.all((log["masked_fraction"] > 0) & (log["masked_fraction"] < 1))
     z = np.load(d / "scores.npz")
