@@ -6,19 +6,17 @@ bad value and the valid choices.
 
 Imports point one way: this module depends on the registries it validates against (datasets,
 models, mixers, scores, OOD sets, corruptions, distillation options, the contrastive track's
-config) and on the leaf :mod:`gradmix.checks`; none of them imports this module.
+config), on the leaf :mod:`gradmix.checks` and on :mod:`gradmix.profiles` (profiles, explicit values
+and overrides on plain mappings); none of them imports this module.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from . import profiles
 from .checks import ConfigError, build, check_choice, check_range
 from .contrastive.config import ContrastiveConfig
 from .corruption import CIFAR10C_CORRUPTIONS, CORRUPTIONS
@@ -28,13 +26,16 @@ from .inheritance import read_params
 from .mixing import MIXERS
 from .models import MODELS
 from .ood import OOD_SETS
+from .profiles import (ProfileConfig, apply_overrides, merge, parse_overrides, profile_names, resolve,
+                       yaml_values)
 from .scores import SCORES
 from .splits import OSR_SPLITS
 
 __all__ = ["ConfigError", "build", "check_choice", "check_range", "Config", "DataConfig", "ModelConfig",
            "TrainConfig", "MethodConfig", "EvalConfig", "BenchConfig", "OODConfig", "CorruptionConfig",
            "ProfileConfig", "TeacherConfig", "SECTIONS", "from_dict", "load", "merge", "profile_names",
-           "apply_profile", "apply_smoke", "replace"]
+           "apply_profile", "apply_smoke", "replace", "builtin_defaults", "parse_overrides", "apply_overrides",
+           "yaml_values"]
 
 
 @dataclass(frozen=True)
@@ -271,14 +272,6 @@ class CorruptionConfig:
 
 
 @dataclass(frozen=True)
-class ProfileConfig:
-    """A named set of overrides from ``file`` (e.g. the paper's settings) applied by :func:`load`."""
-
-    name: str = "default"           # default = params.yaml as written
-    file: str = "params_paper.yaml"  # relative to params.yaml
-
-
-@dataclass(frozen=True)
 class TeacherConfig:
     """The teacher of the distilled students (gradmix.teacher); it trains with the ``train`` recipe."""
 
@@ -407,8 +400,8 @@ def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str 
     Precedence, lowest first: the built-in defaults (:func:`builtin_defaults`, which params.yaml writes
     out), the profile ``profile.name`` of ``profile.file`` (``profile`` selects another one), values of
     params.yaml that differ from the built-in defaults (explicit: e.g. written by ``dvc exp run -S``),
-    the smoke overrides, ``overrides``. ``Config.overridden`` says which explicit values replaced a
-    value of the profile. Raises ConfigError naming the file, key or value.
+    the smoke overrides, ``overrides`` (:func:`gradmix.profiles.resolve`). ``Config.overridden`` says
+    which explicit values replaced a value of the profile. Raises ConfigError naming the file, key or value.
     """
     path = Path(path)
     if not path.is_file():
@@ -416,105 +409,22 @@ def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str 
     raw = read_params(path.read_text(), str(path))     # YAML, with method inheritance (<<: *base) checked
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigError(f"params file {path}: expected a mapping of sections, got {type(raw).__name__}")
-    raw = dict(raw or {})
-    if profile is not None:
-        raw["profile"] = {**(raw.get("profile") or {}), "name": profile}
-    sets = parse_overrides(overrides)
-    first = {k: v for k, v in sets.items() if k.startswith("profile.")}   # they choose the profile
-    raw = apply_overrides(raw, first)
-    notes: list[str] = []
-    merged = apply_profile(raw, path.parent, notes)
-    if smoke:
-        sections = raw.get("smoke") or {}
-        if not isinstance(sections, Mapping):
-            raise ConfigError("smoke: expected a mapping section -> overrides")
-        for section in sections:
-            check_choice("smoke section", section, SMOKE_SECTIONS)
-        merged = merge(merged, sections)
-    rest = {k: v for k, v in sets.items() if k not in first}
-    name, over = _profile(raw, path.parent)
-    for key, value in rest.items():
-        theirs = _get(over, key.split("."))
-        if theirs is not _MISSING and not _same(theirs, value):
-            notes.append(f"{key}={_show(value)} (--set) overrides profile {name}'s {_show(theirs)}")
+    r = resolve(dict(raw or {}), path.parent, smoke=smoke, profile=profile, overrides=overrides,
+                defaults=builtin_defaults, smoke_sections=SMOKE_SECTIONS)
     try:
-        cfg = from_dict(apply_overrides(merged, rest))
+        cfg = from_dict(r.merged)
     except ConfigError as e:           # a profile value that no longer fits an explicit one: say where it is from
-        key = str(e).split(":", 1)[0]
-        theirs = _get(over, key.split("."))
-        if theirs is _MISSING or key in rest or _same(_get(merged, key.split(".")), _get(raw, key.split("."))):
+        explained = r.explain(e)
+        if explained is None:
             raise
-        raise ConfigError(f"{e} ({key}={_show(theirs)} comes from profile {name}; set it too, e.g. "
-                          f"--set {key}=... or dvc exp run -S {key}=...)") from None
-    return dataclasses.replace(cfg, overridden=tuple(notes))
-
-
-def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
-    """Deep merge: mappings are merged key by key, everything else (lists, scalars) is replaced."""
-    out = dict(base)
-    for k, v in overrides.items():
-        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
-    return out
-
-
-def profile_names(path: str | Path = "params.yaml") -> list[str]:
-    """The profiles defined in the profile file that ``path`` (a params.yaml) points to."""
-    path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    prof = build(ProfileConfig, raw.get("profile"), "profile")
-    file = path.parent / prof.file
-    return list(yaml.safe_load(file.read_text()) or {}) if file.is_file() else ["default"]
-
-
-def _profile(raw: Mapping[str, Any], base_dir: str | Path) -> tuple[str, dict]:
-    """(name, overrides) of the profile ``raw`` selects; ``{}`` for ``default`` or no profile file."""
-    prof = build(ProfileConfig, raw.get("profile"), "profile")
-    path = Path(base_dir) / prof.file
-    if not path.is_file():
-        if prof.name == "default":
-            return prof.name, {}
-        raise ConfigError(f"profile.file: {path} not found (profile.name={prof.name!r})")
-    profiles = read_params(path.read_text(), str(path)) or {}
-    if not isinstance(profiles, Mapping):
-        raise ConfigError(f"profile file {path}: expected a mapping name -> overrides")
-    if prof.name not in profiles:
-        if prof.name == "default":
-            return prof.name, {}
-        raise ConfigError(f"profile.name: unknown profile {prof.name!r}; valid profiles in {path.name}: "
-                          f"{sorted(profiles)}")
-    over = profiles[prof.name] or {}
-    if not isinstance(over, Mapping):
-        raise ConfigError(f"profile {prof.name!r} in {path.name}: expected a mapping of sections")
-    bad = sorted(set(over) - (set(SECTIONS) - {"pipeline", "smoke", "profile"}))
-    if bad:
-        raise ConfigError(f"profile {prof.name!r}: cannot override {bad}; valid sections: "
-                          f"{sorted(set(SECTIONS) - {'pipeline', 'smoke', 'profile'})}")
-    return prof.name, dict(over)
+        raise explained from None
+    return dataclasses.replace(cfg, overridden=tuple(r.notes))
 
 
 def apply_profile(raw: Mapping[str, Any], base_dir: str | Path = ".", notes: list | None = None) -> dict:
-    """``raw`` with its selected profile (``profile.name`` in ``profile.file``) merged in.
-
-    A profile is a mapping of sections (data, model, train, methods, evaluate, ood, corruption, teacher,
-    contrastive) whose values replace params.yaml's, except *explicit* ones: a value of ``raw`` that
-    differs from its built-in default (:func:`builtin_defaults`) was set on purpose (by hand or by
-    ``dvc exp run -S``) and wins; each such win is appended to ``notes`` as one line. ``default``
-    (empty) keeps params.yaml as written. A profile may not set ``pipeline`` (DVC's stage list comes
-    from params.yaml), ``smoke`` or ``profile``.
-    """
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"params: expected a mapping at top level, got {type(raw).__name__}")
-    name, over = _profile(raw, base_dir)
-    merged = merge(raw, over)
-    defaults = builtin_defaults(merged)
-    for keys, theirs in _leaves(over):
-        ours, default = _get(raw, keys), _get(defaults, keys)
-        if ours is _MISSING or default is _MISSING or _same(ours, default) or _same(ours, theirs):
-            continue
-        _put(merged, keys, ours)
-        if notes is not None:
-            notes.append(f"{'.'.join(keys)}={_show(ours)} (params.yaml) overrides profile {name}'s {_show(theirs)}")
-    return merged
+    """``raw`` with its selected profile merged in, explicit values kept (:func:`gradmix.profiles.apply_profile`
+    with the built-in defaults of :func:`builtin_defaults`)."""
+    return profiles.apply_profile(raw, base_dir, notes, defaults=builtin_defaults)
 
 
 def builtin_defaults(raw: Mapping[str, Any] | None = None) -> dict:
@@ -558,98 +468,6 @@ def builtin_defaults(raw: Mapping[str, Any] | None = None) -> dict:
                 d["options"] = {k: v for k, v in opts.items() if k not in ("objective", "weight")}
             out["contrastive"]["methods"][name] = d
     return out
-
-
-_MISSING = object()
-KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
-
-
-def parse_overrides(overrides: Mapping[str, Any] | list[str] | None) -> dict[str, Any]:
-    """``["train.epochs=3", "data.splits=[0, 1]"]`` (values parsed as YAML; empty = "") or a mapping of
-    dotted keys -> {dotted key: value}. A malformed item raises ConfigError naming it."""
-    if overrides is None:
-        return {}
-    if isinstance(overrides, Mapping):
-        items = list(overrides.items())
-    else:
-        items = []
-        for item in overrides:
-            key, eq, text = str(item).partition("=")
-            if not eq:
-                raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=3")
-            try:
-                value = yaml.safe_load(text) if text.strip() else ""
-            except yaml.YAMLError as e:
-                raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
-            items.append((key.strip(), value))
-    for key, _ in items:
-        if not KEY.fullmatch(key):
-            raise ConfigError(f"--set {key!r}: not a dotted key of params.yaml, e.g. train.epochs or methods.mixup.alpha")
-    return dict(items)
-
-
-def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any] | list[str] | None) -> dict:
-    """``raw`` with each dotted key of ``overrides`` (see :func:`parse_overrides`) set; missing mappings on
-    the way are created (from_dict then rejects unknown keys). Setting a key below a value that is not
-    a mapping raises ConfigError."""
-    out = merge(raw, {})
-    for key, value in parse_overrides(overrides).items():
-        keys = key.split(".")
-        node = out
-        for i, k in enumerate(keys[:-1]):
-            child = node.get(k)
-            if child is None:
-                child = {}
-            elif not isinstance(child, Mapping):
-                raise ConfigError(f"--set {key}: {'.'.join(keys[:i + 1])} is {_show(child)}, not a section "
-                                  f"with keys")
-            node[k] = child = dict(child)
-            node = child
-        node[keys[-1]] = value
-    return out
-
-
-def yaml_values(v):
-    """Tuples -> lists, recursively (dataclasses.asdict output -> YAML-like values)."""
-    if isinstance(v, (list, tuple)):
-        return [yaml_values(x) for x in v]
-    if isinstance(v, dict):
-        return {k: yaml_values(x) for k, x in v.items()}
-    return v
-
-
-def _same(a, b) -> bool:
-    """Equal as YAML values: lists and tuples alike, 1 == 1.0, but true != 1."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return yaml_values(a) == yaml_values(b)
-
-
-def _leaves(d: Mapping, prefix=()):
-    for k, v in d.items():
-        if isinstance(v, Mapping) and v:
-            yield from _leaves(v, (*prefix, k))
-        else:
-            yield (*prefix, k), v
-
-
-def _get(d, keys):
-    for k in keys:
-        if not isinstance(d, Mapping) or k not in d:
-            return _MISSING
-        d = d[k]
-    return d
-
-
-def _put(d: dict, keys, value) -> None:
-    for k in keys[:-1]:
-        d[k] = d = dict(d[k])
-    d[keys[-1]] = value
-
-
-def _show(v) -> str:
-    """A value as one line of YAML (flow style)."""
-    return yaml.safe_dump(yaml_values(v), default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()
 
 
 def apply_smoke(cfg: Config) -> Config:
