@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import profiles
-from .checks import ConfigError, build, check_choice, check_range
+from .checks import ConfigError, build, check_choice, check_range, check_unique
 from .contrastive.config import ContrastiveConfig
 from .corruption import CIFAR10C_CORRUPTIONS, CORRUPTIONS
 from .data import DATASETS
@@ -35,7 +35,7 @@ __all__ = ["ConfigError", "build", "check_choice", "check_range", "Config", "Dat
            "TrainConfig", "MethodConfig", "EvalConfig", "BenchConfig", "OODConfig", "CorruptionConfig",
            "ProfileConfig", "TeacherConfig", "SECTIONS", "from_dict", "load", "merge", "profile_names",
            "apply_profile", "apply_smoke", "replace", "builtin_defaults", "parse_overrides", "apply_overrides",
-           "yaml_values"]
+           "yaml_values", "check_complete"]
 
 
 @dataclass(frozen=True)
@@ -57,15 +57,15 @@ class DataConfig:
     num_known: int = 0              # known=random: how many known classes per split
     known_seed: int = 0             # known=random: split k draws with seed (known_seed, k)
     folder: str = ""                # dataset=imagefolder: root of train/<class>/*, test/<class>/*
-    mean: tuple[float, ...] = ()    # per-channel normalisation mean; () = computed from the training images
-    std: tuple[float, ...] = ()     # per-channel normalisation std; () = computed
+    mean: tuple[float, ...] = field(default=(), metadata={"repeats": True})   # per-channel normalisation mean; () = computed from the training images
+    std: tuple[float, ...] = field(default=(), metadata={"repeats": True})    # per-channel normalisation std; () = computed
     mirror: str = ""                # base URL that replaces the official hosts: <mirror>/<file name>
 
     def __post_init__(self):
         check_choice("data.dataset", self.dataset, DATASETS)
         if self.image_size != 0:
             check_range("data.image_size", self.image_size, 4)
-        check_range("data.test_fraction", self.test_fraction, 0.0, 1.0, low_open=True)
+        check_range("data.test_fraction", self.test_fraction, 0.0, 1.0, low_open=True, high_open=True)
         check_range("data.crop_padding", self.crop_padding, 0)
         check_range("data.max_train", self.max_train, 0)
         check_choice("data.known", self.known, {"protocol", "all", "list", "random"})
@@ -348,9 +348,16 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     pipeline = raw.get("pipeline") or {}
     if not isinstance(pipeline, Mapping) or set(pipeline) - {"methods", "distill"}:
         raise ConfigError("pipeline: expected a mapping with the keys 'methods' and (optional) 'distill'")
-    students = tuple(pipeline.get("distill", ()))
-    run = tuple(pipeline.get("methods", [m for m in methods if methods[m].kind == "ce"])) + students
+    for key in ("methods", "distill"):
+        if not isinstance(pipeline.get(key, []), (list, tuple)):
+            raise ConfigError(f"pipeline.{key}: expected a list of method names, got {pipeline[key]!r}")
+    students = tuple(pipeline.get("distill") or ())
+    run = tuple(pipeline.get("methods", [m for m in methods if methods[m].kind == "ce"]) or ()) + students
+    if len(run) == len(students):
+        raise ConfigError(f"pipeline.methods: empty; the pipeline trains and reports at least one cross-entropy "
+                          f"method; valid: names of kind-ce methods, e.g. {[m for m in methods if methods[m].kind == 'ce'][:3]}")
     for key, names, kind in (("methods", run[:len(run) - len(students)], "ce"), ("distill", students, "distill")):
+        check_unique(f"pipeline.{key}", names)
         for m in names:
             check_choice(f"pipeline.{key}", m, methods)
             if methods[m].kind != kind:
@@ -407,9 +414,8 @@ def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str 
     if not path.is_file():
         raise ConfigError(f"params file not found: {path.resolve()}")
     raw = read_params(path.read_text(), str(path))     # YAML, with method inheritance (<<: *base) checked
-    if raw is not None and not isinstance(raw, Mapping):
-        raise ConfigError(f"params file {path}: expected a mapping of sections, got {type(raw).__name__}")
-    r = resolve(dict(raw or {}), path.parent, smoke=smoke, profile=profile, overrides=overrides,
+    check_complete(raw, path)
+    r = resolve(dict(raw), path.parent, smoke=smoke, profile=profile, overrides=overrides,
                 defaults=builtin_defaults, smoke_sections=SMOKE_SECTIONS)
     try:
         cfg = from_dict(r.merged)
@@ -419,6 +425,37 @@ def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str 
             raise
         raise explained from None
     return dataclasses.replace(cfg, overridden=tuple(r.notes))
+
+
+def check_complete(raw: Any, path: str | Path = "params.yaml") -> None:
+    """Fail unless a params file writes out every section of :data:`SECTIONS` (and ``pipeline`` both of
+    its lists), each as a mapping.
+
+    What a file may leave out: a *key* inside a section takes its built-in default (the value the
+    repository's params.yaml ships with), so a file written before a knob existed still loads. A
+    *section* may not be left out: an empty file, or one cut short, would otherwise run silently with
+    the built-in defaults (the sections are written in :data:`SECTIONS` order, ``pipeline`` with
+    ``distill`` after ``methods`` last, so a file cut anywhere before the last list lacks a section or
+    ``pipeline.distill``). Raises ConfigError naming the file and the missing sections.
+    """
+    if raw is None:
+        raise ConfigError(f"params file {path} is empty; it must hold the sections {list(SECTIONS)} (start "
+                          f"from the repository's params.yaml)")
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"params file {path}: expected a mapping of sections, got {type(raw).__name__}")
+    missing = [s for s in SECTIONS if s not in raw]
+    if missing:
+        raise ConfigError(f"params file {path}: section(s) {missing} missing (a truncated or partial file?); "
+                          f"every section must be written out, valid sections: {list(SECTIONS)} (copy the "
+                          f"missing ones from the repository's params.yaml)")
+    empty = [s for s in SECTIONS if not isinstance(raw[s], Mapping)]
+    if empty:
+        raise ConfigError(f"params file {path}: section(s) {empty} are {[raw[s] for s in empty]}, not mappings "
+                          f"of keys; valid: a mapping, e.g. `smoke: {{}}` for no overrides")
+    lists = [k for k in ("methods", "distill") if k not in raw["pipeline"]]
+    if lists:
+        raise ConfigError(f"params file {path}: pipeline.{lists[0]} missing (a truncated file?); write both "
+                          f"pipeline.methods and pipeline.distill ([] for none)")
 
 
 def apply_profile(raw: Mapping[str, Any], base_dir: str | Path = ".", notes: list | None = None) -> dict:

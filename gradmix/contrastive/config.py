@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..checks import ConfigError, build, check_choice, check_range, coerce
+from ..checks import ConfigError, build, check_choice, check_range, check_unique, coerce
 from ..knn import KnnConfig
 from ..mixing import MIXERS
 from ..models import MODELS
@@ -164,6 +164,7 @@ class ContrastiveConfig:
             raise ConfigError(f"contrastive.pipeline: expected a list of method names, got {pipeline!r}")
         for m in pipeline:
             check_choice("contrastive.pipeline", m, methods)
+        check_unique("contrastive.pipeline", pipeline)
         return cls(train=build(ContrastiveTrainConfig, raw.get("train"), "contrastive.train"),
                    views=build(ViewConfig, raw.get("views"), "contrastive.views"),
                    knn=build(KnnConfig, raw.get("knn"), "contrastive.knn"),
