@@ -28,6 +28,7 @@ from .models import MODELS
 from .ood import OOD_SETS
 from .profiles import (ProfileConfig, apply_overrides, merge, parse_overrides, profile_names, resolve,
                        yaml_values)
+from .randaugment import MAX_M as RANDAUGMENT_MAX_M, POLICIES as RANDAUGMENT_POLICIES
 from .scores import SCORES
 from .splits import OSR_SPLITS
 
@@ -35,7 +36,7 @@ __all__ = ["ConfigError", "build", "check_choice", "check_range", "Config", "Dat
            "TrainConfig", "MethodConfig", "EvalConfig", "BenchConfig", "OODConfig", "CorruptionConfig",
            "ProfileConfig", "TeacherConfig", "SECTIONS", "from_dict", "load", "merge", "profile_names",
            "apply_profile", "apply_smoke", "replace", "builtin_defaults", "parse_overrides", "apply_overrides",
-           "yaml_values", "check_complete"]
+           "yaml_values", "check_complete", "pin_threads"]
 
 
 @dataclass(frozen=True)
@@ -125,14 +126,19 @@ class TrainConfig:
     restarts: int = 0               # cosine_restarts: restarts, period = epochs // (restarts + 1) (Vaze et al.)
     min_lr_factor: float = 0.0      # cosine_restarts: the lr floor as a fraction of lr (Vaze et al.: 1e-3)
     label_smoothing: float = 0.0
+    randaugment_n: int = 0          # RandAugment ops per image (gradmix.randaugment, Vaze et al.); 0 = off
+    randaugment_m: int = 9          # its magnitude, 0..30
+    randaugment_policy: str = "standard"   # standard | digits (Vaze's MNIST/SVHN list)
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"            # auto | cpu | cuda | cuda:N
+    threads: int = 2                # torch CPU threads of every stage (pin_threads); bit-identical results need the same count
     progress: bool = True           # one line per epoch (loss, accuracy, AUROC)
     checkpoint_every: int = 1       # epochs between resumable checkpoints; 0 = none (gradmix.checkpoint)
     checkpoint_dir: str = "checkpoints"  # checkpoints and finished-run copies: <dir>/<run dir>; "" = <run>.ckpt
 
     def __post_init__(self):
         check_range("train.epochs", self.epochs, 1)
+        check_range("train.threads", self.threads, 1)
         check_range("train.checkpoint_every", self.checkpoint_every, 0)
         check_range("train.batch_size", self.batch_size, 1)
         check_choice("train.optimizer", self.optimizer, {"sgd", "adam"})
@@ -144,6 +150,9 @@ class TrainConfig:
         check_range("train.min_lr_factor", self.min_lr_factor, 0.0, 1.0)
         check_range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs)   # = epochs: all warm-up
         check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0)
+        check_range("train.randaugment_n", self.randaugment_n, 0)
+        check_range("train.randaugment_m", self.randaugment_m, 0, RANDAUGMENT_MAX_M)
+        check_choice("train.randaugment_policy", self.randaugment_policy, RANDAUGMENT_POLICIES)
         if not self.seeds:
             raise ConfigError("train.seeds: empty; give at least one seed")
         if not (self.device in {"auto", "cpu", "cuda"} or self.device.startswith("cuda:")):
@@ -424,7 +433,23 @@ def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str 
         if explained is None:
             raise
         raise explained from None
+    pin_threads(cfg)
     return dataclasses.replace(cfg, overridden=tuple(r.notes))
+
+
+def pin_threads(cfg: Config) -> int:
+    """Set torch's CPU thread count to ``train.threads`` (``torch.set_num_threads``) and return it.
+
+    Every stage calls it: :func:`load` does (each notebook, the CLI and bench load params.yaml through
+    it), and both trainers do again when a run starts (a Config built in Python). The thread count
+    changes how float sums are split, so on the CPU a run is bit-identical only at the same count
+    (and CPU type and library versions; docs/reproducibility.md); it is recorded in each run's
+    config.json. torch's inter-op pool is left alone (it can only be set before any parallel work).
+    """
+    import torch
+
+    torch.set_num_threads(cfg.train.threads)
+    return cfg.train.threads
 
 
 def check_complete(raw: Any, path: str | Path = "params.yaml") -> None:
