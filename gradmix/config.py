@@ -201,13 +201,27 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """Metrics, and the paired differences between methods (gradmix.statistics) the tables report."""
+
     scores: tuple[str, ...] = ("msp", "mls")
-    primary_score: str = "mls"      # the score used for figures (ROC, distributions)
+    primary_score: str = "mls"      # the score used for figures (ROC, distributions) and differences
+    baseline: str = "erm"           # every cross-entropy method is compared with it ("" = none)
+    pairs: tuple[tuple[str, ...], ...] = (("gradmix", "gradmix_random"), ("gradmix_ce", "gradmix"),
+                                          ("gradmix_ce", "gradmix_random"))   # more (a, b) comparisons
+    confidence: float = 0.95        # of the paired-bootstrap interval of each mean difference
+    bootstrap_resamples: int = 10000
+    bootstrap_seed: int = 0
 
     def __post_init__(self):
         for s in self.scores:
             check_choice("evaluate.scores", s, SCORES)
         check_choice("evaluate.primary_score", self.primary_score, self.scores)
+        for p in self.pairs:
+            if len(p) != 2 or p[0] == p[1]:
+                raise ConfigError(f"evaluate.pairs: {list(p)} is not a pair of two different methods; valid: "
+                                  f"[a, b], the mean difference a - b is reported")
+        check_range("evaluate.confidence", self.confidence, 0.0, 1.0, low_open=True, high_open=True)
+        check_range("evaluate.bootstrap_resamples", self.bootstrap_resamples, 100)
 
 
 @dataclass(frozen=True)
@@ -393,6 +407,12 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     )
     for m in cfg.bench.methods:
         check_choice("bench.methods", m, methods)
+    names = set(methods) | set(cfg.contrastive.methods if cfg.contrastive is not None else ())
+    if cfg.evaluate.baseline:
+        check_choice("evaluate.baseline", cfg.evaluate.baseline, set(methods) | {""})
+    for p in cfg.evaluate.pairs:
+        for m in p:
+            check_choice(f"evaluate.pairs ({list(p)})", m, names)
     shared = sorted(set(methods) & set(cfg.contrastive.methods if cfg.contrastive is not None else ()))
     if shared:
         raise ConfigError(f"methods and contrastive.methods both define {shared}: a name selects its trainer "
