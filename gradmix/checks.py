@@ -121,3 +121,26 @@ def check_seed(where: str, value) -> None:
     """Raise :class:`ConfigError` unless ``value`` is an integer seed in [0, 2^32 - 1] (module docstring)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
         raise ConfigError(f"{where}: {value!r} is not a valid seed; valid: an integer in [0, 2^32 - 1 = {SEED_MAX}]")
+
+
+def list_parameter(where: str, value: Any) -> list:
+    """A list-valued notebook or function parameter: a list or tuple as it is, or a string holding a
+    YAML / JSON list (papermill's ``-p stages '["stage3"]'`` passes the text, not the list), or one
+    bare name (``stage3`` -> ``["stage3"]``). Anything else raises :class:`ConfigError` naming
+    ``where`` and the valid forms (``-y`` passes YAML values typed)."""
+    import yaml
+
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            parsed = yaml.safe_load(text) if text else []
+        except yaml.YAMLError:
+            parsed = None
+        if isinstance(parsed, list):
+            return parsed
+        if isinstance(parsed, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", parsed):
+            return [parsed]
+    raise ConfigError(f"{where}: {value!r} is not a list; valid: a list such as ['stage3'], from papermill "
+                      f"-p {where} '[\"stage3\"]' or -y '{where}: [stage3]'")

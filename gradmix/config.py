@@ -12,6 +12,7 @@ and overrides on plain mappings); none of them imports this module.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,7 +37,7 @@ __all__ = ["ConfigError", "build", "check_choice", "check_range", "Config", "Dat
            "TrainConfig", "MethodConfig", "EvalConfig", "BenchConfig", "OODConfig", "CorruptionConfig",
            "ProfileConfig", "TeacherConfig", "SECTIONS", "from_dict", "load", "merge", "profile_names",
            "apply_profile", "apply_smoke", "replace", "builtin_defaults", "parse_overrides", "apply_overrides",
-           "yaml_values", "check_complete", "pin_threads"]
+           "yaml_values", "check_complete", "check_templated", "check_name", "pin_threads"]
 
 
 @dataclass(frozen=True)
@@ -300,7 +301,7 @@ class TeacherConfig:
 
     name: str = "small_cnn"         # small_cnn | resnet18 | vgg32
     width: int = 16                 # small_cnn base width
-    dir: str = "runs/teacher"       # teacher runs: dir/split<k>-seed<s>; "" = train each on demand in a temp dir
+    dir: str = "runs/teacher"       # teacher runs: dir/split<k>-seed<s>; "" = on demand in a temp dir (not in params.yaml: check_templated)
 
     def __post_init__(self):
         ModelConfig(self.name, self.width)   # validates name and width
@@ -367,6 +368,11 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     methods_raw = raw.get("methods") or {}
     if not isinstance(methods_raw, Mapping):
         raise ConfigError("methods: expected a mapping name -> method options")
+    for name in methods_raw:
+        check_name(f"methods.{name}", name)
+    if isinstance(raw.get("contrastive"), Mapping) and isinstance(raw["contrastive"].get("methods"), Mapping):
+        for name in raw["contrastive"]["methods"]:
+            check_name(f"contrastive.methods.{name}", name)
     methods = {name: MethodConfig.from_dict(name, v) for name, v in methods_raw.items()}
     pipeline = raw.get("pipeline") or {}
     if not isinstance(pipeline, Mapping) or set(pipeline) - {"methods", "distill"}:
@@ -444,6 +450,7 @@ def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str 
         raise ConfigError(f"params file not found: {path.resolve()}")
     raw = read_params(path.read_text(), str(path))     # YAML, with method inheritance (<<: *base) checked
     check_complete(raw, path)
+    check_templated(raw, path)
     r = resolve(dict(raw), path.parent, smoke=smoke, profile=profile, overrides=overrides,
                 defaults=builtin_defaults, smoke_sections=SMOKE_SECTIONS)
     try:
@@ -501,6 +508,57 @@ def check_complete(raw: Any, path: str | Path = "params.yaml") -> None:
     if lists:
         raise ConfigError(f"params file {path}: pipeline.{lists[0]} missing (a truncated file?); write both "
                           f"pipeline.methods and pipeline.distill ([] for none)")
+
+
+OUTPUT_ROOTS = ("runs", "results", "data")      # what dvc.yaml's other stages write (runs/<method>, results/...)
+
+
+def check_templated(raw: Mapping[str, Any], path: str | Path = "params.yaml") -> None:
+    """Fail on a value of the params *file* that dvc.yaml cannot template into a runnable stage.
+
+    ``teacher.dir`` is the teacher stage's output and the distilled students' dependency
+    (``${teacher.dir}``), so in params.yaml itself it must be a folder inside the project that no
+    other stage writes: not empty (DVC then stops with a bare error), not absolute or outside the
+    project, not ``runs``, ``results``, ``data`` or a folder inside ``results`` / ``data`` or inside
+    ``runs/<a pipeline method>``. An empty ``teacher.dir`` ("train each teacher on demand in a
+    temporary folder") stays valid where DVC does not read it: the ``smoke`` section, ``--set``,
+    :func:`replace`. Raises ConfigError with the reason and the valid form.
+    """
+    import posixpath
+
+    value = (raw.get("teacher") or {}).get("dir", TeacherConfig.dir)
+    valid = "a folder inside the project that no other stage writes, e.g. runs/teacher"
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"teacher.dir: {value!r} in {path} cannot be templated by dvc.yaml: it is the teacher "
+                          f"stage's output (${{teacher.dir}}) and DVC stops on an empty path; valid: {valid} ('' = "
+                          f"train teachers on demand in a temporary folder is for notebooks and the command line: "
+                          f"the smoke section, --set teacher.dir= or config.replace)")
+    norm = posixpath.normpath(value.replace("\\", "/"))
+    pipeline = raw.get("pipeline") or {}
+    contrastive = raw.get("contrastive") or {}
+    methods = [*(pipeline.get("methods") or []), *(pipeline.get("distill") or []), *(contrastive.get("pipeline") or [])]
+    taken = [f"runs/{m}" for m in methods]
+    problem = None
+    if posixpath.isabs(norm) or norm == "." or norm.startswith("../") or norm == "..":
+        problem = "it lies outside the project (DVC outputs must be inside it)"
+    elif norm in OUTPUT_ROOTS or norm.startswith(("results/", "data/")):
+        problem = f"{norm.split('/')[0]}/ is where other stages write their outputs"
+    elif any(norm == t or norm.startswith(t + "/") or t.startswith(norm + "/") for t in taken):
+        problem = f"it overlaps a method's output runs/<method> ({[t for t in taken if norm == t or norm.startswith(t + '/') or t.startswith(norm + '/')][0]})"
+    if problem:
+        raise ConfigError(f"teacher.dir: {value!r} in {path} cannot be the teacher stage's output: {problem}; valid: {valid}")
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+RESERVED = ("teacher",)          # the command line's name for the distillation teacher (gradmix train --method teacher)
+
+
+def check_name(where: str, name: Any) -> None:
+    """A method name becomes a folder (runs/<name>) and a DVC stage name (train@<name>): letters, digits,
+    ``_``, ``.``, ``-``, not starting with ``.``/``_``/``-``, and not ``teacher``."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or name in RESERVED:
+        raise ConfigError(f"{where}: method name {name!r} cannot name a run folder and a DVC stage; valid: "
+                          f"letters, digits, _ . - (starting with a letter or digit), not {list(RESERVED)}")
 
 
 def apply_profile(raw: Mapping[str, Any], base_dir: str | Path = ".", notes: list | None = None) -> dict:

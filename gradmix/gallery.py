@@ -173,7 +173,10 @@ def gallery_options(run_dir, **overrides):
     own = (cfg.contrastive if info.get("track") == "contrastive" else cfg).method(info["method"]).options
     if not isinstance(own, GradMixOptions):
         own = GradMixOptions(stages=load_model(run_dir).stages[-2:])
-    overrides = {k: tuple(v) if k == "stages" else v for k, v in overrides.items() if k != "stages" or v}
+    from .checks import list_parameter
+
+    overrides = {k: tuple(list_parameter("stages", v)) if k == "stages" else v for k, v in overrides.items()
+                 if k != "stages" or v}
     return dataclasses.replace(own, **overrides)
 
 

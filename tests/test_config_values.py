@@ -187,3 +187,67 @@ def test_duplicate_yaml_keys_name_the_key_and_lines(tmp_path):
 def test_a_variant_overriding_an_inherited_key_is_not_a_duplicate():
     cfg = config.load(ROOT / "params.yaml")
     assert cfg.method("gradmix_random").options.centre == "random"
+
+
+# -- parameters a pipeline cannot run (issue 8 §5.6) ----------------------------------------------------
+
+@pytest.mark.parametrize("value, reason", [
+    ("", "DVC stops on an empty path"), ("runs", "runs/ is where other stages write"),
+    ("results/teachers", "results/ is where other stages write"), ("/tmp/teachers", "outside the project"),
+    ("../teachers", "outside the project"), ("runs/erm", "overlaps a method's output runs/<method> (runs/erm)"),
+    ("runs/supcon_none/t", "overlaps a method's output"),
+])
+def test_teacher_dir_dvc_cannot_template_is_refused(tmp_path, value, reason):
+    r = raw()
+    r["teacher"]["dir"] = value
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, yaml.safe_dump(r)))
+    assert f"teacher.dir: {value!r}" in str(e.value) and reason in str(e.value) and "runs/teacher" in str(e.value)
+
+
+def test_empty_teacher_dir_stays_valid_where_dvc_does_not_read_it(tmp_path):
+    assert config.load(ROOT / "params.yaml", smoke=True).teacher.dir == ""            # the smoke section
+    assert config.load(ROOT / "params.yaml", overrides=["teacher.dir="]).teacher.dir == ""
+    r = raw()
+    r["teacher"]["dir"] = "runs/teachers_resnet"
+    assert config.load(write(tmp_path, yaml.safe_dump(r))).teacher.dir == "runs/teachers_resnet"
+
+
+@pytest.mark.parametrize("name", ["my method", "a/b", "_x", "teacher", "gradmix:v2"])
+def test_method_names_must_make_folders_and_stage_names(name):
+    r = raw()
+    r["methods"][name] = {"mixer": "none"}
+    refused(r, f"methods.{name}: method name {name!r}", "letters, digits")
+    r = raw()
+    r["contrastive"]["methods"][name] = {"view": "none"}
+    refused(r, f"contrastive.methods.{name}: method name")
+
+
+@pytest.mark.parametrize("value, expect", [('["stage3"]', ["stage3"]), ("[stage2, stage3]", ["stage2", "stage3"]),
+                                           ("stage3", ["stage3"]), ("", []), (("stage3",), ["stage3"])])
+def test_list_parameters_accept_their_text(value, expect):
+    from gradmix.checks import list_parameter
+    assert list_parameter("stages", value) == expect
+
+
+def test_a_list_parameter_that_is_no_list_says_how_to_pass_one():
+    from gradmix.checks import list_parameter
+    with pytest.raises(ConfigError, match=r"stages: '\{a: 1\}' is not a list; valid: a list such as \['stage3'\].*-y"):
+        list_parameter("stages", "{a: 1}")
+    with pytest.raises(ConfigError, match="stages: 3 is not a list"):
+        list_parameter("stages", 3)
+
+
+def test_explore_takes_stages_as_papermill_passes_them(tmp_path):
+    """The issue's example: papermill -p stages '["stage3"]' gives the text; it used to fail as
+    "unknown stage '['"."""
+    from gradmix import explore, gallery, trainers
+
+    cfg = config.replace(config.load(ROOT / "params.yaml", smoke=True), data={"max_train": 48, "image_size": 12})
+    root = tmp_path / "runs"
+    trainers.train_method(cfg, "gradmix", root)
+    run = root / "gradmix" / "split0-seed0"
+    assert gallery.gallery_options(run, stages='["stage3"]').stages == ("stage3",)
+    fig = explore.explore_figure(root, "gradmix", stages='["stage3"]', n_images=2)
+    text = " ".join([fig.texts[0].get_text() if fig.texts else ""] + [a.get_title() for a in fig.axes])
+    assert "stage3" in text and "stage2" not in text
