@@ -50,8 +50,8 @@ class DataConfig:
     test_fraction: float = 0.3      # stratified hold-out for datasets without an official test set
     split_seed: int = 0             # seed of that stratified split and of the test-set balancing
     splits: tuple[int, ...] = (0, 1, 2, 3, 4)
-    balance_test: bool = True       # subsample the larger of known/unknown test sets (Vaze et al.)
-    crop_padding: int = 1           # random-crop augmentation: pad by this many pixels, crop back
+    balance_test: bool = True       # subsample the larger of known/unknown test sets, without replacement (Vaze et al.: with)
+    crop_padding: int = 1           # random-crop augmentation: pad by this many pixels (the mean colour), crop back
     hflip: bool = False             # random horizontal flip (off for digits)
     max_train: int = 0              # cap on training images, stratified (every known class kept), 0 = all
     known: str = "protocol"         # protocol | all | list | random: how known classes are chosen

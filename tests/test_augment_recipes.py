@@ -293,3 +293,21 @@ def test_recipes_rerun_and_resume_bit_identical(recipes, tmp_path, method):
                                                                                     "grayscale_prob": 0.0}})
     d = trainers.train_run(off, method, 0, 0, tmp_path / "d" / method / "split0-seed0")
     assert (d / "scores.npz").read_bytes() != (a / "scores.npz").read_bytes()
+
+
+def test_crop_pads_with_the_mean_colour():
+    """data.augment pads normalised images with zeros: de-normalised, the padding is data.mean."""
+    from gradmix import data
+
+    cfg = config.replace(config.load(ROOT / "params.yaml", smoke=True), data={"max_train": 32})
+    split = data.load_openset(cfg.data, 0)
+    x = split.x_train[:64]
+    out = data.augment(x, torch.Generator().manual_seed(0), crop_padding=3)
+    pixels = split.denormalize(out)
+    shifted = [i for i in range(len(x)) if not torch.equal(out[i], x[i])]
+    assert shifted
+    border = torch.zeros_like(out, dtype=torch.bool)
+    for i in shifted:       # a pixel is padding where the shifted image ran out of source rows/columns
+        border[i] = out[i] == 0
+    assert torch.allclose(pixels[border], torch.tensor(split.mean[0]), atol=1e-6)
+    assert abs(split.mean[0] - float(split.denormalize(split.x_train).mean())) < 1e-5    # the images' mean

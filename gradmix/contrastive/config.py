@@ -56,7 +56,7 @@ class ViewConfig:
     """The random view of an image: colour jitter and grayscale (gradmix.colour, on [0, 1] pixels),
     then crop, rotation/zoom, brightness/contrast (normalised pixels); 0 = off."""
 
-    crop_padding: int = 2           # gradmix.data.augment random crop
+    crop_padding: int = 2           # gradmix.data.augment random crop (pads with the mean colour)
     hflip: bool = False
     rotation: float = 10.0          # degrees, uniform in [-rotation, rotation]
     scale: float = 0.1              # zoom factor uniform in [1 - scale, 1 + scale]
