@@ -2,6 +2,9 @@
 # make test:  set up the environment if needed, then run pytest and nbval over every notebook.
 # make data:  download, verify and prepare the datasets of PROFILE (default: paper = every paper_*
 #             profile of params_paper.yaml) into data/, then record them in data.dvc (dvc add data).
+# make check-results: clone HEAD into a temporary folder, run the whole pipeline there from scratch
+#             (dvc repro, no cache, no checkpoints) and compare its results/metrics.json with the committed
+#             one within gradmix.reproduce.TOLERANCE (docs/reproducibility.md); exit 1 if not reproduced.
 # make env TORCH_INDEX=https://download.pytorch.org/whl/cpu   (or .../whl/cu126, ...): take torch and
 #             torchvision (the versions pinned in pyproject.toml) from that index: a CPU-only build, or
 #             one for an older CUDA driver (docs/install.md).
@@ -12,7 +15,7 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(BIN):$(PATH)
 
-.PHONY: env repro test bench clean data
+.PHONY: env repro test bench clean data check-results
 
 PROFILE ?= paper
 
@@ -35,6 +38,12 @@ test: $(STAMP)
 data: $(STAMP)
 	python -m gradmix.prepare --profile $(PROFILE)
 	dvc add data
+
+check-results: $(STAMP)
+	dir=$$(mktemp -d -t gradmix-check-XXXXXX) && echo "fresh clone of HEAD in $$dir/repo" && \
+	git clone -q . $$dir/repo && git show HEAD:results/metrics.json > $$dir/reference.json && \
+	(cd $$dir/repo && dvc repro) && \
+	python -m gradmix check-results $$dir/repo/results/metrics.json $$dir/reference.json
 
 bench: $(STAMP)
 	python bench/bench.py

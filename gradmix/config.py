@@ -522,10 +522,16 @@ def check_templated(raw: Mapping[str, Any], path: str | Path = "params.yaml") ->
     project, not ``runs``, ``results``, ``data`` or a folder inside ``results`` / ``data`` or inside
     ``runs/<a pipeline method>``. An empty ``teacher.dir`` ("train each teacher on demand in a
     temporary folder") stays valid where DVC does not read it: the ``smoke`` section, ``--set``,
-    :func:`replace`. Raises ConfigError with the reason and the valid form.
+    :func:`replace`. A method may not be named ``teacher`` (the teacher's runs are). Raises ConfigError
+    with the reason and the valid form.
     """
     import posixpath
 
+    for section in (raw.get("methods") or {}, (raw.get("contrastive") or {}).get("methods") or {}):
+        for name in RESERVED:
+            if isinstance(section, Mapping) and name in section:
+                raise ConfigError(f"methods: the name {name!r} is reserved for the distillation teacher (its "
+                                  f"runs, gradmix train --method teacher); rename the method in {path}")
     value = (raw.get("teacher") or {}).get("dir", TeacherConfig.dir)
     valid = "a folder inside the project that no other stage writes, e.g. runs/teacher"
     if not isinstance(value, str) or not value.strip():
@@ -550,15 +556,16 @@ def check_templated(raw: Mapping[str, Any], path: str | Path = "params.yaml") ->
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-RESERVED = ("teacher",)          # the command line's name for the distillation teacher (gradmix train --method teacher)
+RESERVED = ("teacher",)          # the distillation teacher's run name (gradmix.teacher; gradmix train --method teacher)
 
 
 def check_name(where: str, name: Any) -> None:
     """A method name becomes a folder (runs/<name>) and a DVC stage name (train@<name>): letters, digits,
-    ``_``, ``.``, ``-``, not starting with ``.``/``_``/``-``, and not ``teacher``."""
-    if not isinstance(name, str) or not NAME.fullmatch(name) or name in RESERVED:
+    ``_``, ``.``, ``-``, not starting with ``.``/``_``/``-``. (``teacher`` is refused in params files by
+    :func:`check_templated`; the teacher's own runs carry it.)"""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ConfigError(f"{where}: method name {name!r} cannot name a run folder and a DVC stage; valid: "
-                          f"letters, digits, _ . - (starting with a letter or digit), not {list(RESERVED)}")
+                          f"letters, digits, _ . - (starting with a letter or digit)")
 
 
 def apply_profile(raw: Mapping[str, Any], base_dir: str | Path = ".", notes: list | None = None) -> dict:

@@ -205,6 +205,13 @@ def test_teacher_dir_dvc_cannot_template_is_refused(tmp_path, value, reason):
     assert f"teacher.dir: {value!r}" in str(e.value) and reason in str(e.value) and "runs/teacher" in str(e.value)
 
 
+def test_a_method_named_teacher_is_refused_in_params(tmp_path):
+    r = raw()
+    r["methods"]["teacher"] = {"mixer": "none"}
+    with pytest.raises(ConfigError, match="the name 'teacher' is reserved for the distillation teacher"):
+        config.load(write(tmp_path, yaml.safe_dump(r)))
+
+
 def test_empty_teacher_dir_stays_valid_where_dvc_does_not_read_it(tmp_path):
     assert config.load(ROOT / "params.yaml", smoke=True).teacher.dir == ""            # the smoke section
     assert config.load(ROOT / "params.yaml", overrides=["teacher.dir="]).teacher.dir == ""
@@ -213,7 +220,7 @@ def test_empty_teacher_dir_stays_valid_where_dvc_does_not_read_it(tmp_path):
     assert config.load(write(tmp_path, yaml.safe_dump(r))).teacher.dir == "runs/teachers_resnet"
 
 
-@pytest.mark.parametrize("name", ["my method", "a/b", "_x", "teacher", "gradmix:v2"])
+@pytest.mark.parametrize("name", ["my method", "a/b", "_x", "gradmix:v2"])
 def test_method_names_must_make_folders_and_stage_names(name):
     r = raw()
     r["methods"][name] = {"mixer": "none"}
