@@ -75,6 +75,13 @@ def test_the_issue_examples():
     refused(put(raw(), ("train",), "seeds", [-1]), "train.seeds", "-1", "[0, 2^32 - 1")
     refused(put(raw(), ("train",), "seeds", [2**64]), "train.seeds", str(2**64), "[0, 2^32 - 1")
     refused(put(raw(), ("pipeline",), "methods", []), "pipeline.methods", "empty", "erm")
+    # members outside the dataclass sections: a contrastive method's loss weights, a --set value
+    refused(put(raw(), ("contrastive", "methods", "supcon_none"), "gamma", float("inf")),
+            "contrastive.methods.supcon_none.gamma", "finite")
+    with pytest.raises(ConfigError, match=r"train.weight_decay: inf is not a finite number"):
+        config.load(ROOT / "params.yaml", overrides=["train.weight_decay=.inf"])
+    with pytest.raises(ConfigError, match=r"methods.gradmix.beta: inf is not a finite number"):
+        config.load(ROOT / "params.yaml", overrides=["methods.gradmix.beta=.inf"])
 
 
 @pytest.mark.parametrize("path, key, typ", FLOATS, ids=[".".join(p + (k,)) for p, k, _ in FLOATS])
