@@ -27,8 +27,8 @@ from .inheritance import read_params
 from .mixing import MIXERS
 from .models import MODELS
 from .ood import OOD_SETS
-from .profiles import (ProfileConfig, apply_overrides, merge, parse_overrides, profile_names, resolve,
-                       yaml_values)
+from .profiles import (ProfileConfig, apply_overrides, check_complete, check_templated, merge, parse_overrides,
+                       profile_names, resolve, yaml_values)
 from .randaugment import MAX_M as RANDAUGMENT_MAX_M, POLICIES as RANDAUGMENT_POLICIES
 from .scores import SCORES
 from .splits import OSR_SPLITS
@@ -449,8 +449,8 @@ def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str 
     if not path.is_file():
         raise ConfigError(f"params file not found: {path.resolve()}")
     raw = read_params(path.read_text(), str(path))     # YAML, with method inheritance (<<: *base) checked
-    check_complete(raw, path)
-    check_templated(raw, path)
+    check_complete(raw, path, SECTIONS)
+    check_templated(raw, path, RESERVED)
     r = resolve(dict(raw), path.parent, smoke=smoke, profile=profile, overrides=overrides,
                 defaults=builtin_defaults, smoke_sections=SMOKE_SECTIONS)
     try:
@@ -477,82 +477,6 @@ def pin_threads(cfg: Config) -> int:
 
     torch.set_num_threads(cfg.train.threads)
     return cfg.train.threads
-
-
-def check_complete(raw: Any, path: str | Path = "params.yaml") -> None:
-    """Fail unless a params file writes out every section of :data:`SECTIONS` (and ``pipeline`` both of
-    its lists), each as a mapping.
-
-    What a file may leave out: a *key* inside a section takes its built-in default (the value the
-    repository's params.yaml ships with), so a file written before a knob existed still loads. A
-    *section* may not be left out: an empty file, or one cut short, would otherwise run silently with
-    the built-in defaults (the sections are written in :data:`SECTIONS` order, ``pipeline`` with
-    ``distill`` after ``methods`` last, so a file cut anywhere before the last list lacks a section or
-    ``pipeline.distill``). Raises ConfigError naming the file and the missing sections.
-    """
-    if raw is None:
-        raise ConfigError(f"params file {path} is empty; it must hold the sections {list(SECTIONS)} (start "
-                          f"from the repository's params.yaml)")
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"params file {path}: expected a mapping of sections, got {type(raw).__name__}")
-    missing = [s for s in SECTIONS if s not in raw]
-    if missing:
-        raise ConfigError(f"params file {path}: section(s) {missing} missing (a truncated or partial file?); "
-                          f"every section must be written out, valid sections: {list(SECTIONS)} (copy the "
-                          f"missing ones from the repository's params.yaml)")
-    empty = [s for s in SECTIONS if not isinstance(raw[s], Mapping)]
-    if empty:
-        raise ConfigError(f"params file {path}: section(s) {empty} are {[raw[s] for s in empty]}, not mappings "
-                          f"of keys; valid: a mapping, e.g. `smoke: {{}}` for no overrides")
-    lists = [k for k in ("methods", "distill") if k not in raw["pipeline"]]
-    if lists:
-        raise ConfigError(f"params file {path}: pipeline.{lists[0]} missing (a truncated file?); write both "
-                          f"pipeline.methods and pipeline.distill ([] for none)")
-
-
-OUTPUT_ROOTS = ("runs", "results", "data")      # what dvc.yaml's other stages write (runs/<method>, results/...)
-
-
-def check_templated(raw: Mapping[str, Any], path: str | Path = "params.yaml") -> None:
-    """Fail on a value of the params *file* that dvc.yaml cannot template into a runnable stage.
-
-    ``teacher.dir`` is the teacher stage's output and the distilled students' dependency
-    (``${teacher.dir}``), so in params.yaml itself it must be a folder inside the project that no
-    other stage writes: not empty (DVC then stops with a bare error), not absolute or outside the
-    project, not ``runs``, ``results``, ``data`` or a folder inside ``results`` / ``data`` or inside
-    ``runs/<a pipeline method>``. An empty ``teacher.dir`` ("train each teacher on demand in a
-    temporary folder") stays valid where DVC does not read it: the ``smoke`` section, ``--set``,
-    :func:`replace`. A method may not be named ``teacher`` (the teacher's runs are). Raises ConfigError
-    with the reason and the valid form.
-    """
-    import posixpath
-
-    for section in (raw.get("methods") or {}, (raw.get("contrastive") or {}).get("methods") or {}):
-        for name in RESERVED:
-            if isinstance(section, Mapping) and name in section:
-                raise ConfigError(f"methods: the name {name!r} is reserved for the distillation teacher (its "
-                                  f"runs, gradmix train --method teacher); rename the method in {path}")
-    value = (raw.get("teacher") or {}).get("dir", TeacherConfig.dir)
-    valid = "a folder inside the project that no other stage writes, e.g. runs/teacher"
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"teacher.dir: {value!r} in {path} cannot be templated by dvc.yaml: it is the teacher "
-                          f"stage's output (${{teacher.dir}}) and DVC stops on an empty path; valid: {valid} ('' = "
-                          f"train teachers on demand in a temporary folder is for notebooks and the command line: "
-                          f"the smoke section, --set teacher.dir= or config.replace)")
-    norm = posixpath.normpath(value.replace("\\", "/"))
-    pipeline = raw.get("pipeline") or {}
-    contrastive = raw.get("contrastive") or {}
-    methods = [*(pipeline.get("methods") or []), *(pipeline.get("distill") or []), *(contrastive.get("pipeline") or [])]
-    taken = [f"runs/{m}" for m in methods]
-    problem = None
-    if posixpath.isabs(norm) or norm == "." or norm.startswith("../") or norm == "..":
-        problem = "it lies outside the project (DVC outputs must be inside it)"
-    elif norm in OUTPUT_ROOTS or norm.startswith(("results/", "data/")):
-        problem = f"{norm.split('/')[0]}/ is where other stages write their outputs"
-    elif any(norm == t or norm.startswith(t + "/") or t.startswith(norm + "/") for t in taken):
-        problem = f"it overlaps a method's output runs/<method> ({[t for t in taken if norm == t or norm.startswith(t + '/') or t.startswith(norm + '/')][0]})"
-    if problem:
-        raise ConfigError(f"teacher.dir: {value!r} in {path} cannot be the teacher stage's output: {problem}; valid: {valid}")
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
