@@ -382,7 +382,7 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
             raise ConfigError(f"pipeline.{key}: expected a list of method names, got {pipeline[key]!r}")
     students = tuple(pipeline.get("distill") or ())
     run = tuple(pipeline.get("methods", [m for m in methods if methods[m].kind == "ce"]) or ()) + students
-    if len(run) == len(students):
+    if "methods" in pipeline and len(run) == len(students):    # written empty (no pipeline at all: Python use)
         raise ConfigError(f"pipeline.methods: empty; the pipeline trains and reports at least one cross-entropy "
                           f"method; valid: names of kind-ce methods, e.g. {[m for m in methods if methods[m].kind == 'ce'][:3]}")
     for key, names, kind in (("methods", run[:len(run) - len(students)], "ce"), ("distill", students, "distill")):
@@ -414,9 +414,10 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     for m in cfg.bench.methods:
         check_choice("bench.methods", m, methods)
     names = set(methods) | set(cfg.contrastive.methods if cfg.contrastive is not None else ())
-    if cfg.evaluate.baseline:
+    written = raw.get("evaluate") or {}           # the built-in names are checked where params write them
+    if written.get("baseline"):
         check_choice("evaluate.baseline", cfg.evaluate.baseline, set(methods) | {""})
-    for p in cfg.evaluate.pairs:
+    for p in cfg.evaluate.pairs if "pairs" in written else ():
         for m in p:
             check_choice(f"evaluate.pairs ({list(p)})", m, names)
     shared = sorted(set(methods) & set(cfg.contrastive.methods if cfg.contrastive is not None else ()))
