@@ -16,7 +16,7 @@ export PATH := $(BIN):$(PATH)
 PIPELINE_OUTPUTS := runs results/notebooks results/figures results/runs.csv dvc_plots .dvc/tmp
 
 .DEFAULT_GOAL := help
-.PHONY: help env repro test bench data readme-figures clean clean-checkpoints
+.PHONY: help env repro test bench data readme-figures check-results clean clean-checkpoints
 
 help:  ## list the targets
 	@echo "gradmix: make <target> [VARIABLE=value]"
@@ -47,8 +47,14 @@ data: $(STAMP)  ## download and verify the datasets of PROFILE (default: every p
 	python -m gradmix.prepare --profile $(PROFILE)
 	dvc add data
 
-readme-figures: $(STAMP)  ## after make repro: results/figures/{metrics,gallery}.png -> docs/img (small PNGs for the README)
-	python -c "from PIL import Image; [Image.open(f'results/figures/{n}.png').convert('RGB').quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(f'docs/img/{n}.png', optimize=True) for n in ('metrics', 'gallery')]"
+readme-figures: $(STAMP)  ## after make repro: results/figures/ce/{metrics,gallery}.png -> docs/img (small PNGs for the README)
+	python -c "from PIL import Image; [Image.open(f'results/figures/ce/{n}.png').convert('RGB').quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(f'docs/img/{n}.png', optimize=True) for n in ('metrics', 'gallery')]"
+
+check-results: $(STAMP)  ## clone HEAD, run the whole pipeline there from scratch, compare metrics.json with the committed one (docs/reproducibility.md)
+	dir=$$(mktemp -d -t gradmix-check-XXXXXX) && echo "fresh clone of HEAD in $$dir/repo" && \
+	git clone -q . $$dir/repo && git show HEAD:results/metrics.json > $$dir/reference.json && \
+	(cd $$dir/repo && dvc repro) && \
+	python -m gradmix check-results $$dir/repo/results/metrics.json $$dir/reference.json
 
 clean:  ## remove untracked pipeline outputs (runs/, executed notebooks, figures, dvc_plots/); keeps checkpoints/
 	git clean -fdxq -- $(PIPELINE_OUTPUTS)

@@ -6,7 +6,9 @@ Subcommands, each with ``--help``:
   (``DIR/<method>/split<k>-seed<s>/``), or every split × seed of the configuration under ``DIR``;
 * ``evaluate RUN_DIR ...`` / ``evaluate --runs DIR``: open-set metrics as a table, or ``--json``;
 * ``download ...``: fetch, verify and prepare datasets (:func:`gradmix.prepare.main`);
-* ``config [--params F] [--set key=value ...]``: the effective configuration as YAML.
+* ``config [--params F] [--set key=value ...]``: the effective configuration as YAML;
+* ``check-results FRESH REFERENCE [--tolerance T] [--se-factor F]``: do fresh metrics reproduce a reference
+  (:mod:`gradmix.reproduce`; ``make check-results``)?
 
 ``--set`` values are YAML (``--set data.splits=[0,1]``) and always win, over the profile too
 (:func:`gradmix.config.load`). Ordinary errors (a bad value, a missing or corrupt file, a failed
@@ -127,6 +129,20 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_check_results(args) -> int:
+    from . import reproduce
+
+    fresh, reference = reproduce.read_metrics(args.fresh), reproduce.read_metrics(args.reference)
+    problems = reproduce.compare(fresh, reference, args.tolerance, se_factor=args.se_factor)
+    diff, where = reproduce.largest_difference(fresh, reference)
+    for p in problems:
+        print(f"NOT REPRODUCED {p}")
+    print(f"{'not reproduced' if problems else 'reproduced'}: largest |difference| of a mean {diff:.5f}"
+          f"{f' ({where})' if where else ''}; allowed: {args.se_factor} standard errors of the reference mean, "
+          f"at least {args.tolerance} ({args.fresh} vs {args.reference})")
+    return 1 if problems else 0
+
+
 def cmd_download(args) -> int:
     from .prepare import main
 
@@ -169,6 +185,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", nargs="+", default=["msp", "mls"], help="scores of logit runs (default: msp mls)")
     p.add_argument("--json", action="store_true", help='print {"runs": [...], "metrics": {...}} as JSON')
     p.set_defaults(func=cmd_evaluate)
+
+    from .reproduce import SE_FACTOR, TOLERANCE
+
+    p = sub.add_parser("check-results", help="do fresh metrics reproduce a reference within a tolerance?",
+                       description="Compare FRESH with REFERENCE (two metrics.json files): every dataset, method "
+                       "and metric of the reference must be in FRESH with the same n and a mean within "
+                       "--se-factor standard errors of the reference mean, at least --tolerance (gradmix.reproduce; docs/reproducibility.md says what reproduces bit for bit "
+                       "and what within the tolerance). Exit status 0: reproduced, 1: not, 2: an error.")
+    p.add_argument("fresh", type=Path, help="the fresh metrics.json")
+    p.add_argument("reference", type=Path, help="the reference metrics.json (e.g. the committed one)")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE,
+                   help=f"the smallest allowed |difference| of a mean, in metric units (default {TOLERANCE})")
+    p.add_argument("--se-factor", type=float, default=SE_FACTOR,
+                   help=f"allowed |difference| in standard errors (std/sqrt(n)) of the reference mean (default "
+                        f"{SE_FACTOR}: twice the largest shift a thread-count change caused, docs/reproducibility.md)")
+    p.set_defaults(func=cmd_check_results)
 
     p = sub.add_parser("download", help="fetch, verify and prepare datasets (gradmix download --help)",
                        add_help=False, description="Arguments go to python -m gradmix.prepare.")

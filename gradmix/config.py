@@ -6,20 +6,19 @@ bad value and the valid choices.
 
 Imports point one way: this module depends on the registries it validates against (datasets,
 models, mixers, scores, OOD sets, corruptions, distillation options, the contrastive track's
-config) and on the leaf :mod:`gradmix.checks`; none of them imports this module.
+config), on the leaf :mod:`gradmix.checks` and on :mod:`gradmix.profiles` (profiles, explicit values
+and overrides on plain mappings); none of them imports this module.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from .checks import ConfigError, build, check_choice, check_range
+from . import profiles
+from .checks import ConfigError, build, check_choice, check_range, check_unique
 from .contrastive.config import ContrastiveConfig
 from .corruption import CIFAR10C_CORRUPTIONS, CORRUPTIONS
 from .data import DATASETS
@@ -28,13 +27,17 @@ from .inheritance import read_params
 from .mixing import MIXERS
 from .models import MODELS
 from .ood import OOD_SETS
+from .profiles import (ProfileConfig, apply_overrides, check_complete, check_templated, merge, parse_overrides,
+                       profile_names, resolve, yaml_values)
+from .randaugment import MAX_M as RANDAUGMENT_MAX_M, POLICIES as RANDAUGMENT_POLICIES
 from .scores import SCORES
 from .splits import OSR_SPLITS
 
 __all__ = ["ConfigError", "build", "check_choice", "check_range", "Config", "DataConfig", "ModelConfig",
            "TrainConfig", "MethodConfig", "EvalConfig", "BenchConfig", "OODConfig", "CorruptionConfig",
            "ProfileConfig", "TeacherConfig", "SECTIONS", "from_dict", "load", "merge", "profile_names",
-           "apply_profile", "apply_smoke", "replace"]
+           "apply_profile", "apply_smoke", "replace", "builtin_defaults", "parse_overrides", "apply_overrides",
+           "yaml_values", "check_complete", "check_templated", "check_name", "pin_threads"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,8 @@ class DataConfig:
     test_fraction: float = 0.3      # stratified hold-out for datasets without an official test set
     split_seed: int = 0             # seed of that stratified split and of the test-set balancing
     splits: tuple[int, ...] = (0, 1, 2, 3, 4)
-    balance_test: bool = True       # subsample the larger of known/unknown test sets (Vaze et al.)
-    crop_padding: int = 1           # random-crop augmentation: pad by this many pixels, crop back
+    balance_test: bool = True       # subsample the larger of known/unknown test sets, without replacement (Vaze et al.: with)
+    crop_padding: int = 1           # random-crop augmentation: pad by this many pixels (the mean colour), crop back
     hflip: bool = False             # random horizontal flip (off for digits)
     max_train: int = 0              # cap on training images, stratified (every known class kept), 0 = all
     known: str = "protocol"         # protocol | all | list | random: how known classes are chosen
@@ -56,15 +59,15 @@ class DataConfig:
     num_known: int = 0              # known=random: how many known classes per split
     known_seed: int = 0             # known=random: split k draws with seed (known_seed, k)
     folder: str = ""                # dataset=imagefolder: root of train/<class>/*, test/<class>/*
-    mean: tuple[float, ...] = ()    # per-channel normalisation mean; () = computed from the training images
-    std: tuple[float, ...] = ()     # per-channel normalisation std; () = computed
+    mean: tuple[float, ...] = field(default=(), metadata={"repeats": True})   # per-channel normalisation mean; () = computed from the training images
+    std: tuple[float, ...] = field(default=(), metadata={"repeats": True})    # per-channel normalisation std; () = computed
     mirror: str = ""                # base URL that replaces the official hosts: <mirror>/<file name>
 
     def __post_init__(self):
         check_choice("data.dataset", self.dataset, DATASETS)
         if self.image_size != 0:
             check_range("data.image_size", self.image_size, 4)
-        check_range("data.test_fraction", self.test_fraction, 0.0, 1.0, low_open=True)
+        check_range("data.test_fraction", self.test_fraction, 0.0, 1.0, low_open=True, high_open=True)
         check_range("data.crop_padding", self.crop_padding, 0)
         check_range("data.max_train", self.max_train, 0)
         check_choice("data.known", self.known, {"protocol", "all", "list", "random"})
@@ -124,14 +127,19 @@ class TrainConfig:
     restarts: int = 0               # cosine_restarts: restarts, period = epochs // (restarts + 1) (Vaze et al.)
     min_lr_factor: float = 0.0      # cosine_restarts: the lr floor as a fraction of lr (Vaze et al.: 1e-3)
     label_smoothing: float = 0.0
+    randaugment_n: int = 0          # RandAugment ops per image (gradmix.randaugment, Vaze et al.); 0 = off
+    randaugment_m: int = 9          # its magnitude, 0..30
+    randaugment_policy: str = "standard"   # standard | digits (Vaze's MNIST/SVHN list)
     seeds: tuple[int, ...] = (0,)
     device: str = "auto"            # auto | cpu | cuda | cuda:N
+    threads: int = 2                # torch CPU threads of every stage (pin_threads); bit-identical results need the same count
     progress: bool = True           # one line per epoch (loss, accuracy, AUROC)
     checkpoint_every: int = 1       # epochs between resumable checkpoints; 0 = none (gradmix.checkpoint)
     checkpoint_dir: str = "checkpoints"  # checkpoints and finished-run copies: <dir>/<run dir>; "" = <run>.ckpt
 
     def __post_init__(self):
         check_range("train.epochs", self.epochs, 1)
+        check_range("train.threads", self.threads, 1)
         check_range("train.checkpoint_every", self.checkpoint_every, 0)
         check_range("train.batch_size", self.batch_size, 1)
         check_choice("train.optimizer", self.optimizer, {"sgd", "adam"})
@@ -143,6 +151,9 @@ class TrainConfig:
         check_range("train.min_lr_factor", self.min_lr_factor, 0.0, 1.0)
         check_range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs)   # = epochs: all warm-up
         check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0)
+        check_range("train.randaugment_n", self.randaugment_n, 0)
+        check_range("train.randaugment_m", self.randaugment_m, 0, RANDAUGMENT_MAX_M)
+        check_choice("train.randaugment_policy", self.randaugment_policy, RANDAUGMENT_POLICIES)
         if not self.seeds:
             raise ConfigError("train.seeds: empty; give at least one seed")
         if not (self.device in {"auto", "cpu", "cuda"} or self.device.startswith("cuda:")):
@@ -191,13 +202,27 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """Metrics, and the paired differences between methods (gradmix.statistics) the tables report."""
+
     scores: tuple[str, ...] = ("msp", "mls")
-    primary_score: str = "mls"      # the score used for figures (ROC, distributions)
+    primary_score: str = "mls"      # the score used for figures (ROC, distributions) and differences
+    baseline: str = "erm"           # every cross-entropy method is compared with it ("" = none)
+    pairs: tuple[tuple[str, ...], ...] = (("gradmix", "gradmix_random"), ("gradmix_ce", "gradmix"),
+                                          ("gradmix_ce", "gradmix_random"))   # more (a, b) comparisons
+    confidence: float = 0.95        # of the paired-bootstrap interval of each mean difference
+    bootstrap_resamples: int = 10000
+    bootstrap_seed: int = 0
 
     def __post_init__(self):
         for s in self.scores:
             check_choice("evaluate.scores", s, SCORES)
         check_choice("evaluate.primary_score", self.primary_score, self.scores)
+        for p in self.pairs:
+            if len(p) != 2 or p[0] == p[1]:
+                raise ConfigError(f"evaluate.pairs: {list(p)} is not a pair of two different methods; valid: "
+                                  f"[a, b], the mean difference a - b is reported")
+        check_range("evaluate.confidence", self.confidence, 0.0, 1.0, low_open=True, high_open=True)
+        check_range("evaluate.bootstrap_resamples", self.bootstrap_resamples, 100)
 
 
 @dataclass(frozen=True)
@@ -271,20 +296,12 @@ class CorruptionConfig:
 
 
 @dataclass(frozen=True)
-class ProfileConfig:
-    """A named set of overrides from ``file`` (e.g. the paper's settings) applied by :func:`load`."""
-
-    name: str = "default"           # default = params.yaml as written
-    file: str = "params_paper.yaml"  # relative to params.yaml
-
-
-@dataclass(frozen=True)
 class TeacherConfig:
     """The teacher of the distilled students (gradmix.teacher); it trains with the ``train`` recipe."""
 
     name: str = "small_cnn"         # small_cnn | resnet18 | vgg32
     width: int = 16                 # small_cnn base width
-    dir: str = "runs/teacher"       # teacher runs: dir/split<k>-seed<s>; "" = train each on demand in a temp dir
+    dir: str = "runs/teacher"       # teacher runs: dir/split<k>-seed<s>; "" = on demand in a temp dir (not in params.yaml: check_templated)
 
     def __post_init__(self):
         ModelConfig(self.name, self.width)   # validates name and width
@@ -351,13 +368,25 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     methods_raw = raw.get("methods") or {}
     if not isinstance(methods_raw, Mapping):
         raise ConfigError("methods: expected a mapping name -> method options")
+    for name in methods_raw:
+        check_name(f"methods.{name}", name)
+    if isinstance(raw.get("contrastive"), Mapping) and isinstance(raw["contrastive"].get("methods"), Mapping):
+        for name in raw["contrastive"]["methods"]:
+            check_name(f"contrastive.methods.{name}", name)
     methods = {name: MethodConfig.from_dict(name, v) for name, v in methods_raw.items()}
     pipeline = raw.get("pipeline") or {}
     if not isinstance(pipeline, Mapping) or set(pipeline) - {"methods", "distill"}:
         raise ConfigError("pipeline: expected a mapping with the keys 'methods' and (optional) 'distill'")
-    students = tuple(pipeline.get("distill", ()))
-    run = tuple(pipeline.get("methods", [m for m in methods if methods[m].kind == "ce"])) + students
+    for key in ("methods", "distill"):
+        if not isinstance(pipeline.get(key, []), (list, tuple)):
+            raise ConfigError(f"pipeline.{key}: expected a list of method names, got {pipeline[key]!r}")
+    students = tuple(pipeline.get("distill") or ())
+    run = tuple(pipeline.get("methods", [m for m in methods if methods[m].kind == "ce"]) or ()) + students
+    if "methods" in pipeline and len(run) == len(students):    # written empty (no pipeline at all: Python use)
+        raise ConfigError(f"pipeline.methods: empty; the pipeline trains and reports at least one cross-entropy "
+                          f"method; valid: names of kind-ce methods, e.g. {[m for m in methods if methods[m].kind == 'ce'][:3]}")
     for key, names, kind in (("methods", run[:len(run) - len(students)], "ce"), ("distill", students, "distill")):
+        check_unique(f"pipeline.{key}", names)
         for m in names:
             check_choice(f"pipeline.{key}", m, methods)
             if methods[m].kind != kind:
@@ -384,6 +413,13 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
     )
     for m in cfg.bench.methods:
         check_choice("bench.methods", m, methods)
+    names = set(methods) | set(cfg.contrastive.methods if cfg.contrastive is not None else ())
+    written = raw.get("evaluate") or {}           # the built-in names are checked where params write them
+    if written.get("baseline"):
+        check_choice("evaluate.baseline", cfg.evaluate.baseline, set(methods) | {""})
+    for p in cfg.evaluate.pairs if "pairs" in written else ():
+        for m in p:
+            check_choice(f"evaluate.pairs ({list(p)})", m, names)
     shared = sorted(set(methods) & set(cfg.contrastive.methods if cfg.contrastive is not None else ()))
     if shared:
         raise ConfigError(f"methods and contrastive.methods both define {shared}: a name selects its trainer "
@@ -407,114 +443,60 @@ def load(path: str | Path = "params.yaml", *, smoke: bool = False, profile: str 
     Precedence, lowest first: the built-in defaults (:func:`builtin_defaults`, which params.yaml writes
     out), the profile ``profile.name`` of ``profile.file`` (``profile`` selects another one), values of
     params.yaml that differ from the built-in defaults (explicit: e.g. written by ``dvc exp run -S``),
-    the smoke overrides, ``overrides``. ``Config.overridden`` says which explicit values replaced a
-    value of the profile. Raises ConfigError naming the file, key or value.
+    the smoke overrides, ``overrides`` (:func:`gradmix.profiles.resolve`). ``Config.overridden`` says
+    which explicit values replaced a value of the profile. Raises ConfigError naming the file, key or value.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path.resolve()}")
     raw = read_params(path.read_text(), str(path))     # YAML, with method inheritance (<<: *base) checked
-    if raw is not None and not isinstance(raw, Mapping):
-        raise ConfigError(f"params file {path}: expected a mapping of sections, got {type(raw).__name__}")
-    raw = dict(raw or {})
-    if profile is not None:
-        raw["profile"] = {**(raw.get("profile") or {}), "name": profile}
-    sets = parse_overrides(overrides)
-    first = {k: v for k, v in sets.items() if k.startswith("profile.")}   # they choose the profile
-    raw = apply_overrides(raw, first)
-    notes: list[str] = []
-    merged = apply_profile(raw, path.parent, notes)
-    if smoke:
-        sections = raw.get("smoke") or {}
-        if not isinstance(sections, Mapping):
-            raise ConfigError("smoke: expected a mapping section -> overrides")
-        for section in sections:
-            check_choice("smoke section", section, SMOKE_SECTIONS)
-        merged = merge(merged, sections)
-    rest = {k: v for k, v in sets.items() if k not in first}
-    name, over = _profile(raw, path.parent)
-    for key, value in rest.items():
-        theirs = _get(over, key.split("."))
-        if theirs is not _MISSING and not _same(theirs, value):
-            notes.append(f"{key}={_show(value)} (--set) overrides profile {name}'s {_show(theirs)}")
+    check_complete(raw, path, SECTIONS)
+    check_templated(raw, path, RESERVED)
+    r = resolve(dict(raw), path.parent, smoke=smoke, profile=profile, overrides=overrides,
+                defaults=builtin_defaults, smoke_sections=SMOKE_SECTIONS)
     try:
-        cfg = from_dict(apply_overrides(merged, rest))
+        cfg = from_dict(r.merged)
     except ConfigError as e:           # a profile value that no longer fits an explicit one: say where it is from
-        key = str(e).split(":", 1)[0]
-        theirs = _get(over, key.split("."))
-        if theirs is _MISSING or key in rest or _same(_get(merged, key.split(".")), _get(raw, key.split("."))):
+        explained = r.explain(e)
+        if explained is None:
             raise
-        raise ConfigError(f"{e} ({key}={_show(theirs)} comes from profile {name}; set it too, e.g. "
-                          f"--set {key}=... or dvc exp run -S {key}=...)") from None
-    return dataclasses.replace(cfg, overridden=tuple(notes))
+        raise explained from None
+    pin_threads(cfg)
+    return dataclasses.replace(cfg, overridden=tuple(r.notes))
 
 
-def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
-    """Deep merge: mappings are merged key by key, everything else (lists, scalars) is replaced."""
-    out = dict(base)
-    for k, v in overrides.items():
-        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
-    return out
+def pin_threads(cfg: Config) -> int:
+    """Set torch's CPU thread count to ``train.threads`` (``torch.set_num_threads``) and return it.
+
+    Every stage calls it: :func:`load` does (each notebook, the CLI and bench load params.yaml through
+    it), and both trainers do again when a run starts (a Config built in Python). The thread count
+    changes how float sums are split, so on the CPU a run is bit-identical only at the same count
+    (and CPU type and library versions; docs/reproducibility.md); it is recorded in each run's
+    config.json. torch's inter-op pool is left alone (it can only be set before any parallel work).
+    """
+    import torch
+
+    torch.set_num_threads(cfg.train.threads)
+    return cfg.train.threads
 
 
-def profile_names(path: str | Path = "params.yaml") -> list[str]:
-    """The profiles defined in the profile file that ``path`` (a params.yaml) points to."""
-    path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    prof = build(ProfileConfig, raw.get("profile"), "profile")
-    file = path.parent / prof.file
-    return list(yaml.safe_load(file.read_text()) or {}) if file.is_file() else ["default"]
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+RESERVED = ("teacher",)          # the distillation teacher's run name (gradmix.teacher; gradmix train --method teacher)
 
 
-def _profile(raw: Mapping[str, Any], base_dir: str | Path) -> tuple[str, dict]:
-    """(name, overrides) of the profile ``raw`` selects; ``{}`` for ``default`` or no profile file."""
-    prof = build(ProfileConfig, raw.get("profile"), "profile")
-    path = Path(base_dir) / prof.file
-    if not path.is_file():
-        if prof.name == "default":
-            return prof.name, {}
-        raise ConfigError(f"profile.file: {path} not found (profile.name={prof.name!r})")
-    profiles = read_params(path.read_text(), str(path)) or {}
-    if not isinstance(profiles, Mapping):
-        raise ConfigError(f"profile file {path}: expected a mapping name -> overrides")
-    if prof.name not in profiles:
-        if prof.name == "default":
-            return prof.name, {}
-        raise ConfigError(f"profile.name: unknown profile {prof.name!r}; valid profiles in {path.name}: "
-                          f"{sorted(profiles)}")
-    over = profiles[prof.name] or {}
-    if not isinstance(over, Mapping):
-        raise ConfigError(f"profile {prof.name!r} in {path.name}: expected a mapping of sections")
-    bad = sorted(set(over) - (set(SECTIONS) - {"pipeline", "smoke", "profile"}))
-    if bad:
-        raise ConfigError(f"profile {prof.name!r}: cannot override {bad}; valid sections: "
-                          f"{sorted(set(SECTIONS) - {'pipeline', 'smoke', 'profile'})}")
-    return prof.name, dict(over)
+def check_name(where: str, name: Any) -> None:
+    """A method name becomes a folder (runs/<name>) and a DVC stage name (train@<name>): letters, digits,
+    ``_``, ``.``, ``-``, not starting with ``.``/``_``/``-``. (``teacher`` is refused in params files by
+    :func:`check_templated`; the teacher's own runs carry it.)"""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ConfigError(f"{where}: method name {name!r} cannot name a run folder and a DVC stage; valid: "
+                          f"letters, digits, _ . - (starting with a letter or digit)")
 
 
 def apply_profile(raw: Mapping[str, Any], base_dir: str | Path = ".", notes: list | None = None) -> dict:
-    """``raw`` with its selected profile (``profile.name`` in ``profile.file``) merged in.
-
-    A profile is a mapping of sections (data, model, train, methods, evaluate, ood, corruption, teacher,
-    contrastive) whose values replace params.yaml's, except *explicit* ones: a value of ``raw`` that
-    differs from its built-in default (:func:`builtin_defaults`) was set on purpose (by hand or by
-    ``dvc exp run -S``) and wins; each such win is appended to ``notes`` as one line. ``default``
-    (empty) keeps params.yaml as written. A profile may not set ``pipeline`` (DVC's stage list comes
-    from params.yaml), ``smoke`` or ``profile``.
-    """
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"params: expected a mapping at top level, got {type(raw).__name__}")
-    name, over = _profile(raw, base_dir)
-    merged = merge(raw, over)
-    defaults = builtin_defaults(merged)
-    for keys, theirs in _leaves(over):
-        ours, default = _get(raw, keys), _get(defaults, keys)
-        if ours is _MISSING or default is _MISSING or _same(ours, default) or _same(ours, theirs):
-            continue
-        _put(merged, keys, ours)
-        if notes is not None:
-            notes.append(f"{'.'.join(keys)}={_show(ours)} (params.yaml) overrides profile {name}'s {_show(theirs)}")
-    return merged
+    """``raw`` with its selected profile merged in, explicit values kept (:func:`gradmix.profiles.apply_profile`
+    with the built-in defaults of :func:`builtin_defaults`)."""
+    return profiles.apply_profile(raw, base_dir, notes, defaults=builtin_defaults)
 
 
 def builtin_defaults(raw: Mapping[str, Any] | None = None) -> dict:
@@ -558,98 +540,6 @@ def builtin_defaults(raw: Mapping[str, Any] | None = None) -> dict:
                 d["options"] = {k: v for k, v in opts.items() if k not in ("objective", "weight")}
             out["contrastive"]["methods"][name] = d
     return out
-
-
-_MISSING = object()
-KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
-
-
-def parse_overrides(overrides: Mapping[str, Any] | list[str] | None) -> dict[str, Any]:
-    """``["train.epochs=3", "data.splits=[0, 1]"]`` (values parsed as YAML; empty = "") or a mapping of
-    dotted keys -> {dotted key: value}. A malformed item raises ConfigError naming it."""
-    if overrides is None:
-        return {}
-    if isinstance(overrides, Mapping):
-        items = list(overrides.items())
-    else:
-        items = []
-        for item in overrides:
-            key, eq, text = str(item).partition("=")
-            if not eq:
-                raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=3")
-            try:
-                value = yaml.safe_load(text) if text.strip() else ""
-            except yaml.YAMLError as e:
-                raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
-            items.append((key.strip(), value))
-    for key, _ in items:
-        if not KEY.fullmatch(key):
-            raise ConfigError(f"--set {key!r}: not a dotted key of params.yaml, e.g. train.epochs or methods.mixup.alpha")
-    return dict(items)
-
-
-def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any] | list[str] | None) -> dict:
-    """``raw`` with each dotted key of ``overrides`` (see :func:`parse_overrides`) set; missing mappings on
-    the way are created (from_dict then rejects unknown keys). Setting a key below a value that is not
-    a mapping raises ConfigError."""
-    out = merge(raw, {})
-    for key, value in parse_overrides(overrides).items():
-        keys = key.split(".")
-        node = out
-        for i, k in enumerate(keys[:-1]):
-            child = node.get(k)
-            if child is None:
-                child = {}
-            elif not isinstance(child, Mapping):
-                raise ConfigError(f"--set {key}: {'.'.join(keys[:i + 1])} is {_show(child)}, not a section "
-                                  f"with keys")
-            node[k] = child = dict(child)
-            node = child
-        node[keys[-1]] = value
-    return out
-
-
-def yaml_values(v):
-    """Tuples -> lists, recursively (dataclasses.asdict output -> YAML-like values)."""
-    if isinstance(v, (list, tuple)):
-        return [yaml_values(x) for x in v]
-    if isinstance(v, dict):
-        return {k: yaml_values(x) for k, x in v.items()}
-    return v
-
-
-def _same(a, b) -> bool:
-    """Equal as YAML values: lists and tuples alike, 1 == 1.0, but true != 1."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return yaml_values(a) == yaml_values(b)
-
-
-def _leaves(d: Mapping, prefix=()):
-    for k, v in d.items():
-        if isinstance(v, Mapping) and v:
-            yield from _leaves(v, (*prefix, k))
-        else:
-            yield (*prefix, k), v
-
-
-def _get(d, keys):
-    for k in keys:
-        if not isinstance(d, Mapping) or k not in d:
-            return _MISSING
-        d = d[k]
-    return d
-
-
-def _put(d: dict, keys, value) -> None:
-    for k in keys[:-1]:
-        d[k] = d = dict(d[k])
-    d[keys[-1]] = value
-
-
-def _show(v) -> str:
-    """A value as one line of YAML (flow style)."""
-    return yaml.safe_dump(yaml_values(v), default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()
 
 
 def apply_smoke(cfg: Config) -> Config:

@@ -201,7 +201,10 @@ def check_splits(cfg: "DataConfig") -> None:
 def load_openset(cfg: "DataConfig", split: int, device: torch.device | str = "cpu") -> OpenSetData:
     """Build split ``split`` of ``cfg.dataset``: known-class train set, known and unknown test sets.
 
-    Downloads (once, verified) what the dataset needs. The split is checked first (:func:`check_split`);
+    Downloads (once, verified) what the dataset needs. The split is checked first (:func:`check_split`).
+    With ``data.balance_test`` the larger of the known and unknown test sets is subsampled *without*
+    replacement to the smaller one's size (seeded by ``split_seed``); Vaze et al.'s
+    ``get_equal_len_datasets`` draws with replacement (``np.random.choice``), so theirs can repeat images;
     ``data.max_train`` keeps every known class (:func:`stratified_subset`, seeded by ``split_seed``). Images are resized to ``data.image_size``
     (0 = the dataset's native size) and normalised with ``data.mean``/``data.std``, or, when those
     are empty, with the per-channel statistics of the known-class training images.
@@ -220,7 +223,7 @@ def load_openset(cfg: "DataConfig", split: int, device: torch.device | str = "cp
     test_known = np.flatnonzero(lut[raw.y_test] >= 0)
     test_unknown = (np.flatnonzero(np.isin(raw.y_test, unknown)) if unknown is not None
                     else np.flatnonzero(lut[raw.y_test] < 0))
-    if cfg.balance_test and len(test_unknown):  # Vaze et al. balance_open_set_eval: subsample the larger side
+    if cfg.balance_test and len(test_unknown):  # Vaze et al. balance_open_set_eval, but without replacement
         n = min(len(test_known), len(test_unknown))
         test_known = np.sort(rng.permutation(test_known)[:n])
         test_unknown = np.sort(rng.permutation(test_unknown)[:n])
@@ -261,7 +264,11 @@ def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[tor
 
 def augment(x: torch.Tensor, generator: torch.Generator, crop_padding: int = 0,
             hflip: bool = False) -> torch.Tensor:
-    """Per-sample random crop (zero padding) and horizontal flip of a batch (N, C, H, W), on its device."""
+    """Per-sample random crop and horizontal flip of a batch (N, C, H, W), on its device.
+
+    The crop pads with zeros of x's space; x being normalised (:func:`load_openset`), that is the
+    normalisation mean colour: ``data.mean``, or the known-class training images' mean. (Vaze et
+    al.'s torchvision ``RandomCrop(padding=4)`` pads before normalising, i.e. black.)"""
     n, c, h, w = x.shape
     if crop_padding > 0:
         p = crop_padding

@@ -132,7 +132,30 @@ def evaluate_run(run_dir: str | Path, scores=("msp", "mls")) -> dict:
         row.setdefault("accuracy", m.pop("accuracy"))
         row.update(m)
     row.update({k[len("metric_"):]: float(z[k]) for k in z if k.startswith("metric_")})
+    row.update(mixing_fractions(run_dir))
     return row
+
+
+MIXING_COLUMNS = ("masked_fraction", "fallback_fraction")
+
+
+def mixing_fractions(run_dir: str | Path) -> dict:
+    """{masked_fraction, fallback_fraction}: the mean over a finished run's epochs of its ``log.csv``
+    columns (each epoch's mean over the images the mixer saw of the fraction of pixels it replaced,
+    a batch it left unmixed counting 0; and of GradMix's degenerate-map fallbacks), for the columns
+    the run logged (box mixers: CutMix, GradMix, R-Mix, Saliency Grafting; not Mixup or ERM).
+
+    The mean over epochs is what the model was trained on, so rows of a table with the same value
+    occluded the same amount. Raises CorruptFileError if log.csv is damaged."""
+    from .rundir import verify_run
+
+    path = Path(run_dir) / "log.csv"
+    verify_run(run_dir, files=("log.csv",))
+    try:
+        log = pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError) as e:
+        raise CorruptFileError(f"{path}: not a readable CSV log ({type(e).__name__}: {e})") from None
+    return {c: float(log[c].mean()) for c in MIXING_COLUMNS if c in log and log[c].notna().any()}
 
 
 def evaluate_runs(root: str | Path, methods=None, scores=("msp", "mls"), expected=None) -> pd.DataFrame:
@@ -164,13 +187,34 @@ def aggregate(df: pd.DataFrame) -> dict:
     return out
 
 
-def evaluate(root: str | Path, out_dir: str | Path, methods=None, scores=("msp", "mls"), expected=None) -> dict:
+def evaluate(root: str | Path, out_dir: str | Path, methods=None, scores=("msp", "mls"), expected=None,
+             compare=None) -> dict:
     """Evaluate every planned run under ``root`` (``expected``, as in :func:`find_runs`); write
-    ``out_dir/metrics.json`` and ``out_dir/runs.csv``. Nothing is written if a planned run is
-    missing or unfinished, and each file is replaced atomically (a killed evaluation leaves the old one)."""
+    ``out_dir/metrics.json`` and ``out_dir/runs.csv`` and, given ``compare`` (a
+    :class:`~gradmix.config.Config`: its ``evaluate`` section and pipeline), ``out_dir/differences.json``
+    (:func:`differences`). Nothing is written if a planned run is missing or unfinished, and each file
+    is replaced atomically (a killed evaluation leaves the old one)."""
     df = evaluate_runs(root, methods, scores, expected)
     out_dir = Path(out_dir)
     summary = aggregate(df)
+    diffs = differences(df, compare) if compare is not None else None
     atomic_write(out_dir / "runs.csv", df.to_csv(index=False))
     atomic_write(out_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    if diffs is not None:
+        atomic_write(out_dir / "differences.json", json.dumps(diffs, indent=2) + "\n")
     return summary
+
+
+def differences(df: pd.DataFrame, cfg: Config) -> dict:
+    """dataset -> list of paired differences (gradmix.statistics.paired_differences) of the runs ``df``:
+    the pairs of :func:`gradmix.statistics.comparisons` for ``cfg``'s pipeline and ``evaluate``
+    section, on AUROC and OSCR of ``evaluate.primary_score`` (the contrastive track: of its kNN score)."""
+    from .statistics import comparisons, paired_differences
+
+    e = cfg.evaluate
+    ran = set(df["method"])
+    pairs = [(a, b) for a, b in comparisons(cfg.pipeline_methods, e.baseline, e.pairs, cfg.contrastive)
+             if a in ran and b in ran]
+    metrics = (f"auroc_{e.primary_score}", f"oscr_{e.primary_score}", "auroc_knn", "oscr_knn")
+    return paired_differences(df, pairs, metrics, confidence=e.confidence, resamples=e.bootstrap_resamples,
+                              seed=e.bootstrap_seed)

@@ -49,12 +49,14 @@ def explore_figure(root, method: str, *, attribution: str = "layercam", stages=(
     """The explorer's view: :func:`gallery_from_run` of ``method``'s first run under ``root`` for the
     known test images ``index, index + 1, ...`` (``n_images``, wrapping around).
 
-    ``stages`` empty and ``objective`` "" keep the run's own (:func:`run_choices`); the other
+    ``stages`` empty and ``objective`` "" keep the run's own (:func:`run_choices`); ``stages`` may be a
+    YAML / JSON list as text (papermill's ``-p stages '["stage3"]'``); the other
     arguments are :class:`~gradmix.mixing.GradMixOptions` fields. Raises ConfigError for an unknown
     method or option value (naming the valid ones) and IndexError for an index outside the set.
     """
-    from .checks import check_choice
+    from .checks import check_choice, list_parameter
 
+    stages = list_parameter("stages", stages)      # papermill -p passes a list as its text
     runs = _first_runs(root)
     check_choice("explore method", method, runs)
     run_dir = runs[method]
@@ -78,9 +80,10 @@ class Explorer:
         import ipywidgets as w
 
         from .attribution import METHODS
-        from .checks import check_choice
+        from .checks import check_choice, list_parameter
         from .mixing.gradmix import FILLS
 
+        stages = list_parameter("stages", stages)      # papermill -p passes a list as its text
         self.root, self.runs = root, _first_runs(root)
         self.fixed = dict(n_images=n_images, seed=seed, device=device, reference=reference)
         method = method or next(iter(self.runs))

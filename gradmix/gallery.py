@@ -173,13 +173,17 @@ def gallery_options(run_dir, **overrides):
     own = (cfg.contrastive if info.get("track") == "contrastive" else cfg).method(info["method"]).options
     if not isinstance(own, GradMixOptions):
         own = GradMixOptions(stages=load_model(run_dir).stages[-2:])
-    overrides = {k: tuple(v) if k == "stages" else v for k, v in overrides.items() if k != "stages" or v}
+    from .checks import list_parameter
+
+    overrides = {k: tuple(list_parameter("stages", v)) if k == "stages" else v for k, v in overrides.items()
+                 if k != "stages" or v}
     return dataclasses.replace(own, **overrides)
 
 
-def _explain(run_dir, x, y, options, objective, num_classes, generator, device):
+def _explain(run_dir, x, y, options, objective, num_classes, generator, device, norm=None):
     """(explain output, objective used, whether the loss weight is λ′) for the run's track;
-    ``objective`` None keeps the run's own."""
+    ``objective`` None keeps the run's own; ``norm``: (mean, std) of x (the contrastive views' colour
+    operations)."""
     from .mixing.gradmix import explain
     from .train import load_model
 
@@ -197,7 +201,7 @@ def _explain(run_dir, x, y, options, objective, num_classes, generator, device):
         check_choice("contrastive objective", objective, OBJECTIVES)
     method = dataclasses.replace(method, options=options, objective=objective or method.objective)
     out = explain_contrastive(load_net(run_dir, device), x, y, method=method, cfg=cfg.contrastive,
-                              num_classes=num_classes, generator=generator)
+                              num_classes=num_classes, generator=generator, norm=norm)
     return out, method.objective, method.weight == "lam"
 
 
@@ -237,7 +241,7 @@ def gallery_from_run(run_dir, n: int = 6, options=None, seed: int = 0, device="c
     rows = []                               # one explain call per drawn λ; row i from the call of its λ
     for lam_i in lam.tolist():
         out, obj, lam_weight = _explain(run_dir, x, y, dataclasses.replace(o, lam_low=lam_i, lam_span=0.0),
-                                        objective, data.num_classes, gen, device)
+                                        objective, data.num_classes, gen, device, (data.mean, data.std))
         rows.append(out)
     pick = (lambda k: rows[k if o.per_sample else 0])
     stages = list(rows[0]["stage_maps"])

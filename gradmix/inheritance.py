@@ -20,7 +20,10 @@ choices when
 * ``*name`` refers to no anchor defined above it (YAML needs the anchor first),
 * a mapping merges a mapping that contains it (a cycle: ``a: &a {<<: *a}``), or
 * a method inherits from a method of another mixer or kind (``methods``), of another view
-  (``contrastive.methods``), or from a method of the other section.
+  (``contrastive.methods``), or from a method of the other section, or
+* a mapping names the same key twice (YAML keeps the last value silently; here it is an error naming
+  the key and both lines). A key written below ``<<: *base`` that replaces an inherited one is not a
+  duplicate: that is how a variant differs from its base.
 
 Merges are shallow: a nested mapping (a contrastive method's ``options``) is taken as a whole; to
 inherit it key by key, give the nested mapping its own anchor and merge that.
@@ -73,9 +76,19 @@ def _walk(text: str, source: str):
         if top is not None and top["kind"] == "map" and top["expect_key"]:
             top["expect_key"] = False
             top["key"] = ev.value if isinstance(ev, yaml.ScalarEvent) else "?"
+            if isinstance(ev, yaml.ScalarEvent):
+                line = ev.start_mark.line + 1
+                first = top["keys"].get(ev.value)
+                top["keys"].setdefault(ev.value, line)
+                if first is not None:
+                    where = _dotted(top["path"] + (ev.value,))
+                    raise ConfigError(f"{source} line {line}: {where}: duplicate key {ev.value!r} (first at line "
+                                      f"{first}); YAML would silently keep the last value; valid: each key once "
+                                      f"per mapping, so remove or rename one")
             if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):   # a complex key
                 stack.append({"kind": "map" if isinstance(ev, yaml.MappingStartEvent) else "seq",
-                              "path": top["path"] + ("?",), "anchor": None, "expect_key": True, "index": 0})
+                              "path": top["path"] + ("?",), "anchor": None, "expect_key": True, "index": 0,
+                              "keys": {}})
             continue
         path = place()
         line = ev.start_mark.line + 1
@@ -99,7 +112,7 @@ def _walk(text: str, source: str):
             if ev.anchor:
                 open_anchors.add(ev.anchor)
             stack.append({"kind": "map" if isinstance(ev, yaml.MappingStartEvent) else "seq", "path": path,
-                          "anchor": ev.anchor, "expect_key": True, "index": 0, "key": None})
+                          "anchor": ev.anchor, "expect_key": True, "index": 0, "key": None, "keys": {}})
     return anchors, merges
 
 
@@ -143,8 +156,8 @@ def check_inheritance(data: Any, merges, anchors, source: str) -> None:
 def read_params(text: str, source: str = "params.yaml") -> Any:
     """Parse a params YAML text, resolving and checking its anchors and merge keys (module docstring).
 
-    Raises ConfigError for invalid YAML, an unknown or cyclic anchor, or an inheritance across
-    mixers, kinds, views or sections; ``source`` names the file in the messages.
+    Raises ConfigError for invalid YAML, an unknown or cyclic anchor, a duplicate key, or an inheritance
+    across mixers, kinds, views or sections; ``source`` names the file in the messages.
     """
     try:
         anchors, merges = _walk(text, source)

@@ -386,11 +386,27 @@ def _version() -> str:
     return __version__
 
 
+def _library_versions() -> dict:
+    """Versions of the libraries whose arithmetic or random streams a run's numbers depend on (None
+    where one is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "torchvision", "numpy", "scikit-learn", "scipy", "kornia", "pillow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def environment(device) -> dict:
     """Where and with what a run was trained (recorded in config.json, not part of its identity): the
-    device, CPU model, thread count, host, the torch / Python / gradmix versions, and the git commit
-    of the gradmix checkout with ``git_dirty`` (its package sources differ from that commit); the
-    commit and the flag are None outside a git checkout of gradmix."""
+    device and its name, the CPU model, torch's thread count (``train.threads``), Python and library
+    versions (torch, torchvision, numpy, scikit-learn, scipy, kornia, Pillow), the package version,
+    the git commit of the gradmix checkout with ``git_dirty`` (its package sources differ from that
+    commit; both None outside a git checkout of gradmix), the host. On the CPU, runs are bit-identical
+    when the CPU type, the thread count and these versions match (docs/reproducibility.md)."""
     import torch
 
     device = torch.device(device)
@@ -399,4 +415,5 @@ def environment(device) -> dict:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
             "gradmix": _version(), "git_commit": commit, "git_dirty": dirty, "torch": torch.__version__,
             "python": platform.python_version(), "cpu": _cpu_model(), "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(), "libraries": _library_versions(),
             "host": socket.gethostname()}

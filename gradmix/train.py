@@ -31,6 +31,7 @@ from .losses import soft_cross_entropy
 from .metrics import auroc, accuracy
 from .mixing import make_mixer
 from .models import Classifier, build_model
+from .randaugment import rand_augment_normalized
 from .rundir import RUN_FILES, CorruptFileError, make_identity, run_name, verify_run  # noqa: F401 (re-exported)
 
 
@@ -183,6 +184,7 @@ def _train(w: RunWriter, cfg: Config, m: MethodConfig, split: int, seed: int, de
            loss_factory=None) -> None:
     """The training of one run under its writer ``w`` (resumed where ``w`` has a checkpoint)."""
     t = cfg.train
+    torch.set_num_threads(t.threads)                         # as config.pin_threads: bit-identical at a fixed count
     data = split_data(data, cfg, split, device)
     torch.manual_seed(seed)                                  # model init and dropout
     model = build_model(cfg.model, data.x_train.shape[1], data.num_classes).to(device)
@@ -203,7 +205,9 @@ def _train(w: RunWriter, cfg: Config, m: MethodConfig, split: int, seed: int, de
     for epoch in range(len(log) + 1, t.epochs + 1):
         model.train()
         for idx in batches(n, t.batch_size, gen):
-            x = augment(data.x_train[idx], gen, cfg.data.crop_padding, cfg.data.hflip)
+            x = rand_augment_normalized(data.x_train[idx], gen, t.randaugment_n, t.randaugment_m,
+                                        t.randaugment_policy, data.mean, data.std)   # n = 0: x, no draw
+            x = augment(x, gen, cfg.data.crop_padding, cfg.data.hflip)
             batch_loss = loss_fn(x, data.y_train[idx], data.num_classes, gen, t.label_smoothing)
             opt.zero_grad(set_to_none=True)
             batch_loss.backward()

@@ -41,7 +41,7 @@ def params_copy(tmp_path, **changes):
 
 # --- the command line ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["config"], ["download"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["config"], ["download"], ["check-results"]])
 def test_every_subcommand_has_help(capsys, command):
     if command == ["download"]:                  # gradmix.download's own parser exits
         with pytest.raises(SystemExit) as e:
@@ -51,7 +51,8 @@ def test_every_subcommand_has_help(capsys, command):
         code = cli.main([*command, "--help"])
     out = capsys.readouterr().out
     assert code == 0 and "usage:" in out
-    expected = {"train": "--method", "evaluate": "--runs", "config": "--set", "download": "--profile"}
+    expected = {"train": "--method", "evaluate": "--runs", "config": "--set", "download": "--profile",
+                "check-results": "--se-factor"}
     assert (expected.get(command[0]) if command else "evaluate") in out
 
 

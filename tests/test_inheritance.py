@@ -25,6 +25,11 @@ def test_variants_differ_from_their_base_only_where_written():
     assert (g.mixer, g.use, g.options.centre, g.options.fill, g.options.weight) == \
         ("gradmix", "extra", "peak", "noise", "unmasked")
     assert differing(cfg.method("gradmix_random").options, g.options) == {"centre"}
+    # the code-faithful sign (the training loss, the authors' code) beside the paper's wording (gt_logit)
+    assert g.options.objective == "gt_logit" and cfg.method("gradmix_ce").options.objective == "ce"
+    assert differing(cfg.method("gradmix_ce").options, g.options) == {"objective"}
+    order = list(cfg.pipeline_methods)
+    assert order[order.index("gradmix") + 1] == "gradmix_ce"
     assert differing(cfg.method("gradmix_partner").options, g.options) == {"fill"}
     replace = cfg.method("gradmix_replace")
     assert differing(replace.options, g.options) == {"fill", "weight"} and replace.use == "replace"

@@ -20,6 +20,24 @@ def sh(cmd, cwd, env=None):
     return r.stdout
 
 
+def scratch_copy(copy: Path, change) -> tuple[dict, dict]:
+    """Copy the repository's tracked files (no runs, results, lock) into ``copy``, let ``change(params)``
+    edit params.yaml there, and commit it to a fresh git repository; return (params, env)."""
+    for f in tracked_files():
+        if f.startswith(("runs/", "results/")) or f == "dvc.lock":
+            continue
+        (copy / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, copy / f)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    change(params)
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    sh("git init -q && git add -A && git commit -qm init", copy, env)
+    return params, env
+
+
 def tracked_files():
     if (ROOT / ".git").exists():
         out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
@@ -45,24 +63,17 @@ def test_notebooks_are_committed_clean(path):
 def pipeline(tmp_path_factory):
     """Run `dvc repro` once on a tiny profile in a temporary copy; return the copy."""
     copy = tmp_path_factory.mktemp("repo")
-    for f in tracked_files():
-        if f.startswith(("runs/", "results/")) or f == "dvc.lock":
-            continue
-        (copy / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / f, copy / f)
-    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params, env = scratch_copy(copy, tiny)
+    sh("dvc repro", copy, env)
+    return copy, params, env
+
+
+def tiny(params):
     params["data"].update(splits=[0, 1], max_train=96, image_size=12)
     params["train"].update(epochs=1, progress=False)
     params["contrastive"]["train"].update(epochs=1)
     params["ood"].update(num_generated=32)
     params["corruption"].update(severities=[1, 5], max_images=32)
-    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    sh("git init -q && git add -A && git commit -qm init", copy, env)
-    sh("dvc repro", copy, env)
-    return copy, params, env
 
 
 def test_pipeline_writes_metrics_figures_tables_for_every_method(pipeline):
@@ -80,8 +91,15 @@ def test_pipeline_writes_metrics_figures_tables_for_every_method(pipeline):
         for key in ("accuracy", "auroc_msp", "auroc_mls", "oscr_msp", "oscr_mls"):
             assert set(row[key]) == {"mean", "std", "n"} and row[key]["n"] == 2
             assert 0 <= row[key]["mean"] <= 1
-    for fig in ("data", "metrics", "roc", "scores", "gallery"):
+    for fig in ("data", "ce/metrics", "ce/roc", "ce/scores", "ce/gallery", "ce/mixing", "contrastive/metrics",
+                "contrastive/roc", "contrastive/scores", "contrastive/gallery"):
         assert (copy / f"results/figures/{fig}.png").stat().st_size > 1000
+    diffs = json.loads((copy / "results/differences.json").read_text())["digits"]
+    assert {(d["a"], d["b"]) for d in diffs} >= {("gradmix", "erm"), ("gradmix", "gradmix_random"),
+                                                 ("gradmix_ce", "gradmix"), ("supcon_gradmix", "supcon_none")}
+    assert all(d["n"] == 2 for d in diffs)
+    assert "masked_fraction" in metrics["digits"]["gradmix"] and "masked_fraction" not in metrics["digits"]["erm"]
+    assert "gradmix − erm" in (copy / "results/tables/digits_differences.md").read_text()
     for ext in ("md", "tex"):
         table = (copy / f"results/tables/digits_main.{ext}").read_text()
         assert all(m.replace("_", r"\_" if ext == "tex" else "_") in table for m in methods + contrastive)
@@ -140,3 +158,31 @@ def test_fresh_clone_sees_no_changed_dependency(pipeline, tmp_path):
             assert set(change.get("changed outs", {}).values()) <= {"deleted", "not in cache"}, (stage, change)
             # a dependency may only differ where it is another stage's (uncached) output
             assert all(p.startswith(("runs", "results/")) for p in change.get("changed deps", {})), (stage, change)
+
+
+def test_empty_tracks_run_and_declare_only_what_they_write(tmp_path):
+    """No contrastive method, no distilled student, no box mixer: `dvc repro` runs every stage, each
+    writes exactly its declared outputs (the contrastive figures folder and teacher.dir stay empty,
+    no teacher is trained), and the tables and differences cover the methods that ran."""
+    def empty(params):
+        tiny(params)
+        params["data"].update(splits=[0], max_train=64)
+        params["contrastive"]["pipeline"] = []
+        params["pipeline"].update(methods=["erm", "mixup"], distill=[])
+        params["ood"].update(far=["uniform_noise"])
+        params["corruption"].update(corruptions=["gaussian_noise"], severities=[1])
+
+    params, env = scratch_copy(tmp_path, empty)
+    out = sh("dvc repro", tmp_path, env)
+    assert "Running stage 'figures'" in out and "Running stage 'teacher'" in out
+    assert "up to date" in sh("dvc status dvc.yaml", tmp_path, env)    # every declared output exists
+    assert sorted(p.name for p in (tmp_path / "results/figures/ce").iterdir()) == \
+        ["gallery.png", "metrics.png", "mixing.png", "roc.png", "scores.png"]
+    assert not any((tmp_path / "results/figures/contrastive").iterdir())
+    assert not any((tmp_path / "runs/teacher").iterdir())
+    metrics = json.loads((tmp_path / "results/metrics.json").read_text())
+    assert list(metrics["digits"]) == ["erm", "mixup"]
+    diffs = json.loads((tmp_path / "results/differences.json").read_text())["digits"]
+    assert {(d["a"], d["b"]) for d in diffs} == {("mixup", "erm")} and all(d["n"] == 1 for d in diffs)
+    table = (tmp_path / "results/tables/digits_full.md").read_text()
+    assert "mixup" in table and "Masked area" not in table          # no box method: no masked column

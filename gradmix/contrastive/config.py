@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..checks import ConfigError, build, check_choice, check_range, coerce
+from ..checks import ConfigError, build, check_choice, check_range, check_unique, coerce
 from ..knn import KnnConfig
 from ..mixing import MIXERS
 from ..models import MODELS
@@ -53,21 +53,39 @@ class ContrastiveTrainConfig:
 
 @dataclass(frozen=True)
 class ViewConfig:
-    """The random view of an image: crop, then rotation/zoom, then brightness/contrast (0 = off)."""
+    """The random view of an image: colour jitter and grayscale (gradmix.colour, on [0, 1] pixels),
+    then crop, rotation/zoom, brightness/contrast (normalised pixels); 0 = off."""
 
-    crop_padding: int = 2           # gradmix.data.augment random crop
+    crop_padding: int = 2           # gradmix.data.augment random crop (pads with the mean colour)
     hflip: bool = False
     rotation: float = 10.0          # degrees, uniform in [-rotation, rotation]
     scale: float = 0.1              # zoom factor uniform in [1 - scale, 1 + scale]
     brightness: float = 0.4         # + uniform in [-b, b] (normalised pixels)
     contrast: float = 0.4           # × uniform in [1 - c, 1 + c]
+    jitter_prob: float = 0.0        # RandomApply(ColorJitter(...), p) per image (authors: 0.8); 0 = off
+    jitter_brightness: float = 0.4  # ColorJitter(brightness, contrast, saturation, hue): authors (0.4, 0.4, 0.4, 0.1)
+    jitter_contrast: float = 0.4
+    jitter_saturation: float = 0.4
+    jitter_hue: float = 0.1
+    grayscale_prob: float = 0.0     # RandomGrayscale(p) per image (authors: 0.2); 0 = off
 
     def __post_init__(self):
-        check_range("contrastive.views.crop_padding", self.crop_padding, 0)
-        check_range("contrastive.views.rotation", self.rotation, 0.0, 180.0)
-        check_range("contrastive.views.scale", self.scale, 0.0, 0.9)
-        check_range("contrastive.views.brightness", self.brightness, 0.0)
-        check_range("contrastive.views.contrast", self.contrast, 0.0, 1.0)
+        w = "contrastive.views"
+        check_range(f"{w}.crop_padding", self.crop_padding, 0)
+        check_range(f"{w}.rotation", self.rotation, 0.0, 180.0)
+        check_range(f"{w}.scale", self.scale, 0.0, 0.9)
+        check_range(f"{w}.brightness", self.brightness, 0.0)
+        check_range(f"{w}.contrast", self.contrast, 0.0, 1.0)
+        check_range(f"{w}.jitter_prob", self.jitter_prob, 0.0, 1.0)
+        for key in ("jitter_brightness", "jitter_contrast", "jitter_saturation"):
+            check_range(f"{w}.{key}", getattr(self, key), 0.0)
+        check_range(f"{w}.jitter_hue", self.jitter_hue, 0.0, 0.5)
+        check_range(f"{w}.grayscale_prob", self.grayscale_prob, 0.0, 1.0)
+
+    @property
+    def colour(self) -> bool:
+        """Whether the view changes colours on [0, 1] pixels (needs the data's mean and std)."""
+        return self.jitter_prob > 0 or self.grayscale_prob > 0
 
 
 _METHOD_KEYS = {"none": ("gamma", "mu", "view"),
@@ -164,6 +182,7 @@ class ContrastiveConfig:
             raise ConfigError(f"contrastive.pipeline: expected a list of method names, got {pipeline!r}")
         for m in pipeline:
             check_choice("contrastive.pipeline", m, methods)
+        check_unique("contrastive.pipeline", pipeline)
         return cls(train=build(ContrastiveTrainConfig, raw.get("train"), "contrastive.train"),
                    views=build(ViewConfig, raw.get("views"), "contrastive.views"),
                    knn=build(KnnConfig, raw.get("knn"), "contrastive.knn"),

@@ -131,6 +131,7 @@ def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Pa
 def _train(w: RunWriter, cfg: Config, m: ContrastiveMethod, split: int, seed: int, device, data) -> None:
     """The training of one run under its writer ``w`` (resumed where ``w`` has a checkpoint)."""
     c, t = cfg.contrastive, cfg.contrastive.train
+    torch.set_num_threads(cfg.train.threads)                 # as config.pin_threads: bit-identical at a fixed count
     data = split_data(data, cfg, split, device)
     torch.manual_seed(seed)
     net = build_net(cfg, data.x_train.shape[1], data.num_classes).to(device)
@@ -152,8 +153,10 @@ def _train(w: RunWriter, cfg: Config, m: ContrastiveMethod, split: int, seed: in
         count = 0
         for idx in batches(n, t.batch_size, gen):
             x, y = data.x_train[idx], data.y_train[idx]
-            v1, v2 = view(x, gen, c.views), view(x, gen, c.views)
-            xe, wt = extra_view(net, m, x, v1, v2, y, num_classes=data.num_classes, generator=gen, cfg=c, stats=stats)
+            norm = (data.mean, data.std)
+            v1, v2 = view(x, gen, c.views, norm), view(x, gen, c.views, norm)
+            xe, wt = extra_view(net, m, x, v1, v2, y, num_classes=data.num_classes, generator=gen, cfg=c, stats=stats,
+                                norm=norm)
             loss, terms = loss_from_views(net, m, v1, v2, y, t, xe, wt)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attribution import attribute, combine, normalize_map, stage_maps
+from ..colour import color_jitter, random_grayscale
 from ..data import augment
 from ..mixing import MIXERS
 from ..mixing.boxes import mask_bounds
@@ -51,8 +52,22 @@ def _uniform(n: int, half_width: float, generator: torch.Generator, device) -> t
     return ((torch.rand(n, generator=generator, device=generator.device) * 2 - 1) * half_width).to(device)
 
 
-def view(x: torch.Tensor, generator: torch.Generator, cfg: ViewConfig) -> torch.Tensor:
-    """One random view of a batch x (N, C, H, W) on its device; see :class:`ViewConfig`."""
+def view(x: torch.Tensor, generator: torch.Generator, cfg: ViewConfig, norm=None) -> torch.Tensor:
+    """One random view of a batch x (N, C, H, W) on its device; see :class:`ViewConfig`.
+
+    ``norm`` = (mean, std), the per-channel normalisation of x: the colour operations
+    (``jitter_prob``, ``grayscale_prob``; :mod:`gradmix.colour`) work on [0, 1] pixels, as the
+    authors' torchvision transforms do before ``Normalize``. Raises ValueError if they are on and
+    ``norm`` is None. The crop pads with zeros of the normalised space: the normalisation mean colour.
+    """
+    if cfg.colour:
+        if norm is None:
+            raise ValueError("contrastive view: colour jitter / grayscale need the data's mean and std (norm=)")
+        mu = torch.as_tensor(norm[0], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        sd = torch.as_tensor(norm[1], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        px = color_jitter(x * sd + mu, generator, cfg.jitter_prob, cfg.jitter_brightness, cfg.jitter_contrast,
+                          cfg.jitter_saturation, cfg.jitter_hue)
+        x = (random_grayscale(px, generator, cfg.grayscale_prob) - mu) / sd
     x = augment(x, generator, cfg.crop_padding, cfg.hflip)
     n = len(x)
     if cfg.rotation or cfg.scale:
@@ -90,7 +105,7 @@ def contrastive_maps(net: ContrastiveNet, v: torch.Tensor, labels: torch.Tensor,
 
 def extra_mixed(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor, v1: torch.Tensor,
                 v2: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-                cfg: ContrastiveConfig, maps: torch.Tensor | None = None):
+                cfg: ContrastiveConfig, maps: torch.Tensor | None = None, norm=None):
     """(extra view (B, C, H, W), its weight (B,), the mixer's :class:`~gradmix.mixing.Mixed` or None).
 
     As :func:`extra_view`, plus what a trainer logs: the ``Mixed`` of the ``mixup`` | ``cutmix`` |
@@ -102,7 +117,7 @@ def extra_mixed(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor,
     b = len(v1)
     mixed = None
     if method.view == "aug":
-        xe, lam = view(x, generator, cfg.views), torch.ones(b, device=x.device)
+        xe, lam = view(x, generator, cfg.views, norm), torch.ones(b, device=x.device)
     elif method.view == "gradmix":
         o = method.options
         if o.centre == "peak" and maps is None:
@@ -117,7 +132,7 @@ def extra_mixed(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor,
 
 def extra_view(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor, v1: torch.Tensor,
                v2: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-               cfg: ContrastiveConfig, maps: torch.Tensor | None = None, stats=None):
+               cfg: ContrastiveConfig, maps: torch.Tensor | None = None, stats=None, norm=None):
     """The extra positive view of v1 (B, C, H, W) and its weight (B,), or (None, None) for ``none``.
 
     ``aug``: a third random view of the clean images x, weight 1. ``mixup`` | ``cutmix`` | ``gradmix``:
@@ -125,10 +140,11 @@ def extra_view(net: ContrastiveNet, method: ContrastiveMethod, x: torch.Tensor, 
     GradMix maps (B, H, W) of view 1 may be given; otherwise the attribution pass computes them (a
     view whose map is degenerate gets a random in-image box, as in the cross-entropy track).
     :func:`extra_mixed` also returns the mixer's output; ``stats`` (a gradmix.epochlog.EpochStats)
-    records it (masked fraction, fallback).
+    records it (masked fraction, fallback). ``norm``: (mean, std) of x, for the ``aug`` view's colour
+    operations (:func:`view`).
     """
     xe, w, mixed = extra_mixed(net, method, x, v1, v2, y, num_classes=num_classes, generator=generator, cfg=cfg,
-                               maps=maps)
+                               maps=maps, norm=norm)
     if stats is not None and mixed is not None:
         stats.mixed(mixed)
     return xe, w
@@ -162,7 +178,7 @@ def loss_from_views(net: ContrastiveNet, method: ContrastiveMethod, v1: torch.Te
 
 
 def explain(net: ContrastiveNet, x: torch.Tensor, y: torch.Tensor, *, method: ContrastiveMethod,
-            cfg: ContrastiveConfig, num_classes: int, generator: torch.Generator) -> dict:
+            cfg: ContrastiveConfig, num_classes: int, generator: torch.Generator, norm=None) -> dict:
     """What contrastive GradMix does to images x (N, C, H, W): x is view 1, a random view of x is view 2.
 
     Returns, like :func:`gradmix.mixing.gradmix.explain`: per-stage maps of view 1 (normalised over
@@ -170,7 +186,7 @@ def explain(net: ContrastiveNet, x: torch.Tensor, y: torch.Tensor, *, method: Co
     """
     o = method.options
     n = len(x)
-    both = torch.cat([x, view(x, generator, cfg.views)])
+    both = torch.cat([x, view(x, generator, cfg.views, norm)])
     maps = stage_maps(net.encoder, both, attribution_objective(method, y, cfg.train), o.stages, o.attribution,
                       o.bn, forward=net)
     combined = combine(maps, tuple(x.shape[-2:]), o.normalize)[:n]

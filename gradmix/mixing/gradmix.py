@@ -8,6 +8,15 @@ Follows the authors' code (gawainxu/GradMix ``datautil.py``: ``layer_salient_map
    separate pass with BatchNorm statistics frozen and no parameter gradients. Each stage map is
    min-max normalised (over the whole batch, as the authors, or per image), upsampled bilinearly and
    summed over stages.
+
+   Which way the map points (``objective``): the paper's words, "mask out already learned concepts",
+   fit ``gt_logit`` (LayerCAM of ∂z_y/∂A: where the evidence for the true class is, the default
+   ``gradmix`` row). The authors' code takes the positive part of the gradient of the training
+   *loss* (ReLU(∂L/∂A) with L = their NT-Xent, ``datautil.py`` ``layer_salient_maps``); its
+   cross-entropy counterpart is ``ce`` (the ``gradmix_ce`` row). The two point roughly opposite ways,
+   since ∂CE/∂z_k = p_k - 1[k = y]: the CE gradient is largest where the evidence *against* the
+   true class is, and on digits only about one peak in eight of the two objectives lies within 2 px
+   of the other. Neither is wrong; the pipeline reports both.
 2. Box: λ = lam_low + lam_span·Beta(α, β) (authors: 0.5 + 0.4·Beta(1, 1), one per batch); side
    int(S·sqrt(1 - λ)); the box is [c - side//2, c + side//2) around a centre c chosen by ``centre``:
 
@@ -51,7 +60,7 @@ CENTRES = ("peak", "random", "random_clipped")
 class GradMixOptions:
     attribution: str = "layercam"               # layercam | gradcam
     stages: tuple[str, ...] = ("stage2", "stage3")
-    objective: str = "gt_logit"                 # gt_logit | pred_logit | ce
+    objective: str = "gt_logit"                 # gt_logit (paper's wording) | ce (authors' code's sign) | pred_logit
     normalize: str = "batch"                    # batch (authors) | image
     bn: str = "batch"                           # batch statistics, running stats untouched | eval
     centre: str = "peak"                        # peak | random (in-image, area-matched) | random_clipped
