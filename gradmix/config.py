@@ -22,12 +22,13 @@ import yaml
 from .checks import ConfigError, build, check_choice, check_range
 from .contrastive.config import ContrastiveConfig
 from .corruption import CIFAR10C_CORRUPTIONS, CORRUPTIONS
-from .data import DATASETS
+from .data import DATASETS, STORAGE
 from .distill import distill_options
 from .inheritance import read_params
 from .mixing import MIXERS
 from .models import MODELS
 from .ood import OOD_SETS
+from .precision import PRECISIONS
 from .scores import SCORES
 from .splits import OSR_SPLITS
 
@@ -59,6 +60,7 @@ class DataConfig:
     mean: tuple[float, ...] = ()    # per-channel normalisation mean; () = computed from the training images
     std: tuple[float, ...] = ()     # per-channel normalisation std; () = computed
     mirror: str = ""                # base URL that replaces the official hosts: <mirror>/<file name>
+    storage: str = "auto"           # pixels on the device: auto (uint8 if exact, else float16) | uint8 | float16 | float32
 
     def __post_init__(self):
         check_choice("data.dataset", self.dataset, DATASETS)
@@ -68,6 +70,7 @@ class DataConfig:
         check_range("data.crop_padding", self.crop_padding, 0)
         check_range("data.max_train", self.max_train, 0)
         check_choice("data.known", self.known, {"protocol", "all", "list", "random"})
+        check_choice("data.storage", self.storage, STORAGE)
         if not self.splits:
             raise ConfigError("data.splits: empty; give at least one split index")
         if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
@@ -129,6 +132,10 @@ class TrainConfig:
     progress: bool = True           # one line per epoch (loss, accuracy, AUROC)
     checkpoint_every: int = 1       # epochs between resumable checkpoints; 0 = none (gradmix.checkpoint)
     checkpoint_dir: str = "checkpoints"  # checkpoints and finished-run copies: <dir>/<run dir>; "" = <run>.ckpt
+    precision: str = "fp32"         # fp32 | bf16 | fp16 (torch.autocast; fp16 with a gradient scaler) (gradmix.precision)
+    channels_last: bool = False     # model and batches in channels-last memory format
+    compile: bool = False           # torch.compile of each model stage (start-up cost: docs/speed.md)
+    max_data_fraction: float = 0.5  # a split's images may take at most this share of device memory (CPU: available RAM); 0 = no check
 
     def __post_init__(self):
         check_range("train.epochs", self.epochs, 1)
@@ -147,6 +154,8 @@ class TrainConfig:
             raise ConfigError("train.seeds: empty; give at least one seed")
         if not (self.device in {"auto", "cpu", "cuda"} or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device: unknown value {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        check_choice("train.precision", self.precision, PRECISIONS)
+        check_range("train.max_data_fraction", self.max_data_fraction, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,10 @@ class MethodConfig:
         elif distill is not None:
             raise ConfigError(f"{where}.distill: only a method with kind 'distill' takes distill options")
         options = build(MIXERS[mixer].options, values, where)
+        if getattr(options, "attribution_pass", "separate") == "shared" and use != "extra":
+            raise ConfigError(f"{where}.attribution_pass: 'shared' reuses the clean batch's forward, which only "
+                              f"use 'extra' trains on; with use {use!r} set attribution_pass: separate "
+                              f"(valid: shared with use extra, separate with any use)")
         return cls(name=name, mixer=mixer, use=use, options=options, kind=kind, distill=distill)
 
     def to_dict(self) -> dict:
