@@ -32,7 +32,7 @@ from .metrics import auroc, accuracy
 from .mixing import make_mixer
 from .models import Classifier, build_model
 from .precision import Precision, fused_optimizer, prepare_model
-from .steps import loss_step, shared_gradmix_step, uses_shared_pass
+from .steps import Step, loss_step, shared_gradmix_step, uses_shared_pass
 from .rundir import RUN_FILES, CorruptFileError, make_identity, run_name, verify_run  # noqa: F401 (re-exported)
 
 
@@ -132,6 +132,17 @@ def training_loss(model, mixer, use: str, x: torch.Tensor, y: torch.Tensor, num_
     return clean + extra
 
 
+def method_step(m: MethodConfig, model, mixer, precision: Precision, loss_fn=None) -> Step:
+    """The per-batch step (gradmix.steps) of method ``m`` for ``model`` with its ``mixer`` (options, host
+    generator and recording bound): ``loss_fn`` (a loss hook's per-batch loss) in one backward if
+    given; GradMix with ``attribution_pass: shared`` its own step; else :func:`training_loss`."""
+    if loss_fn is not None:
+        return loss_step(loss_fn, precision)
+    if uses_shared_pass(m):
+        return shared_gradmix_step(model, mixer, m.options, precision)
+    return loss_step(partial(training_loss, model, mixer, m.use), precision)
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits (N, K) in eval mode."""
@@ -210,12 +221,8 @@ def _train(w: RunWriter, cfg: Config, m: MethodConfig, split: int, seed: int, de
     stats = EpochStats()                                     # per-step sums on the device
     rng = host_rng(seed)                                     # per-batch scalars, drawn on the host
     mixer = stats.recording(make_mixer(m.mixer, m.options, rng))
-    if loss_factory is not None:
-        step = loss_step(loss_factory(model, mixer, data, split, seed, device), precision)
-    elif uses_shared_pass(m):
-        step = shared_gradmix_step(model, mixer, m.options, precision)
-    else:
-        step = loss_step(partial(training_loss, model, mixer, m.use), precision)
+    step = method_step(m, model, mixer, precision,
+                       None if loss_factory is None else loss_factory(model, mixer, data, split, seed, device))
     n = data.num_train
     steps = max(1, n // t.batch_size) if n > t.batch_size else 1
     opt = make_optimizer(model, t)

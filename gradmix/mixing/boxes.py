@@ -126,6 +126,14 @@ def sample_beta(a: float, b: float, n: int, source, device=None) -> torch.Tensor
     return host_tensor(draws, device or source.device)
 
 
+def beta_value(a: float, b: float, source) -> float:
+    """One Beta(a, b) draw as a Python float (a per-batch λ the host computes with), from ``source``
+    as :func:`sample_beta` (a torch generator's draw is read back: a synchronisation on a GPU)."""
+    if isinstance(source, np.random.Generator):
+        return float(source.beta(a, b))
+    return float(sample_beta(a, b, 1, source)[0])
+
+
 def pairing(n: int, generator: torch.Generator, device) -> torch.Tensor:
     """A random partner index per sample (a permutation, as in the official CutMix/Mixup code)."""
     return torch.randperm(n, generator=generator, device=generator.device).to(device)
