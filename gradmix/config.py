@@ -227,10 +227,15 @@ class BenchConfig:
     repeats: int = 15
     methods: tuple[str, ...] = ()   # empty = every method of `methods`
     device: str = "auto"
+    rounds: int = 3                 # interleaved timing rounds; a method's time is the median over rounds
+    precision: str = "fp32"         # fp32 | bf16 | fp16 (the other of fp32/bf16 is timed for erm and shared GradMix too)
+    channels_last: bool = False     # the other layout is timed for erm and shared GradMix too
+    compile: bool = False           # torch.compile each model's stages (startup_seconds: the first step)
 
     def __post_init__(self):
         check_choice("bench.model", self.model, MODELS)
-        for key in ("width", "image_size", "channels", "batch_size", "repeats"):
+        check_choice("bench.precision", self.precision, PRECISIONS)
+        for key in ("width", "image_size", "channels", "batch_size", "repeats", "rounds"):
             check_range(f"bench.{key}", getattr(self, key), 1)
         check_range("bench.num_classes", self.num_classes, 2)
         check_range("bench.warmup", self.warmup, 0)

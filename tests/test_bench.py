@@ -11,11 +11,25 @@ def test_bench_writes_ratios(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
-    bench.main(["--out", str(out), "--repeats", "1", "--warmup", "0", "--width", "4", "--image-size", "8",
-                "--batch-size", "8", "--device", "cpu"])
+    bench.main(["--out", str(out), "--repeats", "1", "--warmup", "0", "--rounds", "2", "--width", "4",
+                "--image-size", "8", "--batch-size", "8", "--device", "cpu"])
     result = json.loads(out.read_text())
     assert result["ratio_to_erm"]["erm"] == 1.0
-    assert {"gradmix", "gradmix_random", "cutmix", "mixup"} <= set(result["ratio_to_erm"])
+    assert {"gradmix", "gradmix_random", "gradmix_shared", "cutmix", "mixup"} <= set(result["ratio_to_erm"])
     s = result["step_seconds"]
-    assert result["attribution_overhead"] == (s["gradmix"] - s["gradmix_random"]) / s["erm"]
-    assert result["setup"]["batch_size"] == 8
+    # both attribution passes, for both objectives, against the random centre of the same pass
+    for o in ("gt_logit", "ce"):
+        for p in ("separate", "shared"):
+            a = result["attribution"][o][p]
+            assert a["overhead"] == (s[f"gradmix[{o},{p}]"] - s[f"gradmix[random,{p}]"]) / s["erm"]
+            assert a["gradmix_to_erm"] == s[f"gradmix[{o},{p}]"] / s["erm"]
+    assert result["attribution_overhead"] == result["attribution"]["gt_logit"]["separate"]["overhead"]
+    # params.yaml's gradmix / gradmix_random / gradmix_shared are those variants: timed once, reported alike
+    assert s["gradmix"] == s["gradmix[gt_logit,separate]"] and s["gradmix_shared"] == s["gradmix[gt_logit,shared]"]
+    assert s["gradmix_random"] == s["gradmix[random,separate]"]
+    assert set(result["switches"]) == {"bf16", "channels_last=True"}
+    assert result["switches"]["bf16"]["erm"] == s["erm@bf16"] / s["erm"]
+    assert set(result["targets"]) == {"shared overhead, gt_logit (ERM steps)", "shared overhead, ce (ERM steps)",
+                                      "GradMix shared / ERM"}
+    assert all(0 <= v for v in result["noise"].values()) and result["setup"]["rounds"] == 2
+    assert result["setup"]["batch_size"] == 8 and result["images_per_second"]["erm"] == 8 / s["erm"]
