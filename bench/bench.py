@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -48,8 +49,7 @@ TARGETS = {"shared overhead, gt_logit (ERM steps)": ("attribution", "gt_logit", 
            "GradMix shared / ERM": ("attribution", "gt_logit", "shared", "gradmix_to_erm", 2.3)}
 
 
-@dataclasses.dataclass
-class Variant:
+class Variant(NamedTuple):
     method: config.MethodConfig
     precision: str
     channels_last: bool
@@ -116,8 +116,8 @@ def variants(cfg: config.Config) -> dict[str, Variant]:
     other = "bf16" if b.precision == "fp32" else "fp32"
     for name in ("erm", "gradmix[gt_logit,shared]"):
         v = base[name]
-        base[f"{name}@{other}"] = dataclasses.replace(v, precision=other)
-        base[f"{name}@channels_last={not b.channels_last}"] = dataclasses.replace(v, channels_last=not b.channels_last)
+        base[f"{name}@{other}"] = v._replace(precision=other)
+        base[f"{name}@channels_last={not b.channels_last}"] = v._replace(channels_last=not b.channels_last)
     return base
 
 
