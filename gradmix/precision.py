@@ -18,7 +18,10 @@ The three speed switches of the ``train`` section (docs/speed.md has what each c
   not of the whole model: the attribution passes hook the stages' outputs, and module hooks added to
   an already compiled module are not seen by the compiled code. Hooks on a stage run outside its
   compiled forward, so maps stay correct. Compilation happens during the first steps of each new
-  shape and module mode (train, attribution, eval); the start-up cost is in docs/speed.md.
+  shape and module mode (train, attribution, eval); the start-up cost is in docs/speed.md. Compiling
+  turns off AOTAutograd's donated buffers (``torch._functorch.config.donated_buffer``, a memory
+  saving), which forbid a second backward through a compiled graph: the shared attribution pass
+  takes a partial backward with ``retain_graph`` before the clean loss's backward.
 """
 from __future__ import annotations
 
@@ -111,6 +114,9 @@ def prepare_model(model: nn.Module, *, channels_last: bool = False, compile: boo
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if compile:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False     # the shared pass backwards twice through one graph
         net = classifier if classifier is not None else model
         for name in net.stages:
             stage = net.stage(name)

@@ -536,10 +536,11 @@ def test_channels_last_changes_layout_not_results(params):
         assert torch.allclose(p.grad, q.grad, rtol=1e-3, atol=1e-5)
 
 
-def test_compiled_stages_keep_hooks_and_state_dict_keys(monkeypatch):
+def test_compiled_stages_keep_hooks_and_state_dict_keys(params, monkeypatch):
     """Each stage's forward is compiled (here with the aot_eager backend: the real inductor backend
-    needs a C++ compiler and tens of seconds; bench/bench.py measures it); attribution hooks on the
-    stages still see their activations and the state dict keeps its keys."""
+    needs a C++ compiler and minutes; docs/speed.md has its start-up cost); attribution hooks on the
+    stages still see their activations, the state dict keeps its keys, and the shared pass's two
+    backwards through one compiled graph work (AOTAutograd's donated buffers are off)."""
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend="aot_eager", **kw))
     torch.manual_seed(0)
@@ -553,3 +554,14 @@ def test_compiled_stages_keep_hooks_and_state_dict_keys(monkeypatch):
     want = attribute(eager, x, class_objective("gt_logit", y), ("block2", "block3"))
     got = attribute(compiled, x, class_objective("gt_logit", y), ("block2", "block3"))
     assert torch.allclose(want, got, atol=1e-5)
+    # the shared pass (partial backward with retain_graph, then the clean backward) on compiled stages
+    m = dataclasses.replace(params.method("gradmix_shared"))
+    plain, plain_step, _, _ = ce_step(params, m)
+    model, _, _, _ = ce_step(params, m)
+    prepare_model(model, compile=True)
+    step = train.method_step(m, model, make_mixer("gradmix", m.options, train.host_rng(0)), Precision())
+    x, y = batch()
+    for s_, net in ((plain_step, plain), (step, model)):
+        s_(x, y, K, torch.Generator().manual_seed(0), 0.0)
+    for p, q in zip(plain.parameters(), model.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
