@@ -9,9 +9,13 @@ backward(s) under ``bench.precision``, then the optimiser step) on the same mode
 same random batch and the same machine. Timing: one warm-up step (its time is reported as
 ``startup_seconds``: it includes torch.compile's compilation when ``bench.compile`` is on), then
 ``warmup`` more, then ``rounds`` rounds in which every method runs ``repeats`` timed steps in turn
-(interleaved, so a busy spell of a shared machine hits every method alike); a method's time is the
-median over rounds of its per-round medians, and ``noise`` the spread of its per-round medians
-((max - min) / median). On CUDA the device is synchronised around each timed step.
+(interleaved, so a busy spell of a shared machine hits every method alike). A method's time is the
+median over rounds of its per-round medians and ``noise`` their spread ((max - min) / median);
+ratios and overheads are computed within each round and their median over rounds is reported
+(paired: a slow round slows ERM and GradMix alike). On CUDA the device is synchronised around each timed step. The clock
+(``bench.clock``): on a CPU device run with one thread (OMP_NUM_THREADS=1) the process's CPU time by
+default, which other jobs on a shared machine barely disturb; the wall clock otherwise (and always on
+CUDA); both are written (``step_seconds`` by the chosen clock, ``wall_step_seconds``).
 
 Attribution overhead (in ERM steps) of a GradMix variant = (t(GradMix) - t(the same with a random
 centre)) / t(ERM): the cost of the maps alone, since the random centre draws the same box without
@@ -84,17 +88,29 @@ class Timer:
             self()
         self.peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         self.rounds: list[float] = []
+        self.wall_rounds: list[float] = []
 
-    def __call__(self) -> float:
+    def __call__(self, clock=time.perf_counter) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
+        start = clock()
         self.opt.zero_grad(set_to_none=True)
         self.step(self.x, self.y, self.k, self.gen, 0.0)
         self.precision.step(self.opt)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return time.perf_counter() - start
+        return clock() - start
+
+    def timed(self, repeats: int, cpu_clock: bool) -> None:
+        """One round: ``repeats`` steps; the median of the chosen clock (and of the wall clock)."""
+        both = [self.both() for _ in range(repeats)]
+        self.rounds.append(statistics.median(c if cpu_clock else w for w, c in both))
+        self.wall_rounds.append(statistics.median(w for w, _ in both))
+
+    def both(self) -> tuple[float, float]:
+        w0, c0 = time.perf_counter(), time.process_time()
+        self()
+        return time.perf_counter() - w0, time.process_time() - c0
 
 
 def variants(cfg: config.Config) -> dict[str, Variant]:
@@ -121,20 +137,38 @@ def variants(cfg: config.Config) -> dict[str, Variant]:
     return base
 
 
+def clock_name(cfg: config.Config, device) -> str:
+    """``bench.clock``; auto: the process's CPU time on a CPU device with one thread (what a step costs
+    an idle core, whatever else the shared machine runs), else the wall clock (always on CUDA)."""
+    if cfg.bench.clock != "auto":
+        return cfg.bench.clock
+    return "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
+
+
 def summary(cfg: config.Config, timers: dict[str, Timer], device) -> dict:
     """``timers``: name -> its Timer (variants that are the same step share one)."""
     b = cfg.bench
-    t = {k: statistics.median(v.rounds) for k, v in timers.items()}
-    noise = {k: (max(v.rounds) - min(v.rounds)) / t[k] for k, v in timers.items()}
-    erm = t["erm"]
-    attribution = {o: {p: {"overhead": (t[f"gradmix[{o},{p}]"] - t[f"gradmix[random,{p}]"]) / erm,
-                           "gradmix_to_erm": t[f"gradmix[{o},{p}]"] / erm,
+    rounds = {k: v.rounds for k, v in timers.items()}
+    n = len(rounds["erm"])
+    med = statistics.median
+
+    def paired(fn) -> float:
+        """The median over rounds of a quantity computed within each round (drift between rounds cancels)."""
+        return med(fn({k: r[i] for k, r in rounds.items()}) for i in range(n))
+
+    t = {k: med(r) for k, r in rounds.items()}
+    wall = {k: med(v.wall_rounds) for k, v in timers.items()}
+    noise = {k: (max(r) - min(r)) / t[k] for k, r in rounds.items()}
+    ratio = {k: paired(lambda r, k=k: r[k] / r["erm"]) for k in rounds}
+    attribution = {o: {p: {"overhead": paired(lambda r, o=o, p=p: (r[f"gradmix[{o},{p}]"] - r[f"gradmix[random,{p}]"])
+                                              / r["erm"]),
+                           "gradmix_to_erm": ratio[f"gradmix[{o},{p}]"],
                            "gradmix_ms": 1000 * t[f"gradmix[{o},{p}]"]} for p in PASSES} for o in OBJECTIVES}
     switches = {}
     for k in t:
         if "@" in k:
             name, switch = k.split("@")
-            switches.setdefault(switch, {})[name] = t[k] / t[name]
+            switches.setdefault(switch, {})[name] = paired(lambda r, k=k, name=name: r[k] / r[name])
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -144,10 +178,13 @@ def summary(cfg: config.Config, timers: dict[str, Timer], device) -> dict:
         "machine": {"device": str(device), "cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "setup": dataclasses.asdict(b),
+        "clock": clock_name(cfg, device),
         "step_seconds": t,
-        "ratio_to_erm": {k: v / erm for k, v in t.items()},
+        "wall_step_seconds": wall,
+        "ratio_to_erm": ratio,
         "images_per_second": {k: b.batch_size / v for k, v in t.items()},
         "noise": noise,
+        "rounds": rounds,
         "startup_seconds": {k: v.startup for k, v in timers.items()},
         "peak_memory_mb": {k: v.peak_mb for k, v in timers.items()} if device.type == "cuda" else None,
         "attribution": attribution,
@@ -188,9 +225,10 @@ def main(argv=None) -> dict:
         if key not in unique:
             unique[key] = Timer(cfg, v, x, y, device)
         timers[name] = unique[key]
+    cpu_clock = clock_name(cfg, device) == "cpu"
     for r in range(b.rounds):                           # interleaved timed rounds
         for timer in unique.values():
-            timer.rounds.append(statistics.median(timer() for _ in range(b.repeats)))
+            timer.timed(b.repeats, cpu_clock)
         print(f"round {r + 1}/{b.rounds} done ({len(unique)} distinct steps)", flush=True)
     result = summary(cfg, timers, device)
     for name, s in result["step_seconds"].items():

@@ -224,16 +224,18 @@ class BenchConfig:
     num_classes: int = 6
     batch_size: int = 128
     warmup: int = 3
-    repeats: int = 15
+    repeats: int = 8
     methods: tuple[str, ...] = ()   # empty = every method of `methods`
     device: str = "auto"
-    rounds: int = 3                 # interleaved timing rounds; a method's time is the median over rounds
+    rounds: int = 6                 # interleaved timing rounds; a method's time is the median over rounds
     precision: str = "fp32"         # fp32 | bf16 | fp16 (the other of fp32/bf16 is timed for erm and shared GradMix too)
     channels_last: bool = False     # the other layout is timed for erm and shared GradMix too
     compile: bool = False           # torch.compile each model's stages (startup_seconds: the first step)
+    clock: str = "auto"             # auto (CPU time on a 1-thread CPU device, else wall) | wall | cpu
 
     def __post_init__(self):
         check_choice("bench.model", self.model, MODELS)
+        check_choice("bench.clock", self.clock, {"auto", "wall", "cpu"})
         check_choice("bench.precision", self.precision, PRECISIONS)
         for key in ("width", "image_size", "channels", "batch_size", "repeats", "rounds"):
             check_range(f"bench.{key}", getattr(self, key), 1)
