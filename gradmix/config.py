@@ -224,10 +224,10 @@ class BenchConfig:
     num_classes: int = 6
     batch_size: int = 128
     warmup: int = 3
-    repeats: int = 8
+    repeats: int = 2
     methods: tuple[str, ...] = ()   # empty = every method of `methods`
     device: str = "auto"
-    rounds: int = 6                 # interleaved timing rounds; a method's time is the median over rounds
+    rounds: int = 24                # interleaved timing rounds; a method's time is the median over rounds
     precision: str = "fp32"         # fp32 | bf16 | fp16 (the other of fp32/bf16 is timed for erm and shared GradMix too)
     channels_last: bool = False     # the other layout is timed for erm and shared GradMix too
     compile: bool = False           # torch.compile each model's stages (startup_seconds: the first step)

@@ -221,6 +221,20 @@ def test_the_trainers_loops_never_read_the_device(params, tmp_path, monkeypatch)
                       ("supcon_gradmix", cfg)):
         run = trainers.train_run(c, method, 0, 0, tmp_path / method)
         assert (run / "complete.json").is_file()
+    # the contrastive loss terms, summed on the device, are epoch means per image: with weight lam,
+    # λ' = 1 - the masked fraction of each image, so their epoch means add up to 1
+    log = np.genfromtxt(tmp_path / "supcon_gradmix" / "log.csv", delimiter=",", names=True)
+    assert abs(log["lam"] + log["masked_fraction"] - 1) < 1e-6
+    assert all(np.isfinite(log[k]) and log[k] > 0 for k in ("supcon", "simclr", "extra"))
+
+
+def test_contrastive_runs_record_the_speed_switches(params):
+    m = params.contrastive.method("supcon_gradmix")
+    base = contrastive_runs.run_identity(params, m, 0, 0, torch.device("cpu"))
+    assert base["config"]["speed"] == {"precision": "fp32", "channels_last": False, "compile": False}
+    for change in ({"precision": "bf16"}, {"channels_last": True}):
+        other = contrastive_runs.run_identity(config.replace(params, train=change), m, 0, 0, torch.device("cpu"))
+        assert other != base
 
 
 @pytest.mark.cuda
