@@ -20,7 +20,7 @@ import yaml
 from gradmix import config, evaluate, trainers
 from gradmix.checks import check_range
 from gradmix.mixing import MIXERS, Mixed, register_mixer
-from gradmix.mixing.boxes import coin, pairing, sample_beta, soft_targets, unmixed
+from gradmix.mixing.boxes import beta_value, coin, pairing, soft_targets, unmixed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,15 +37,18 @@ class StripeMixOptions:
 
 
 # 2. The function: pure (the input is never modified), batched, on the input's device, random only
-#    through ``generator``; it returns a Mixed (x, target, lam, weight, mask, partner).
+#    through ``generator`` (per-sample draws, on the device) and ``rng`` (per-batch scalars, on the
+#    host, so that a training step never waits to read a device value; the trainer passes its own);
+#    it returns a Mixed (x, target, lam, weight, mask, partner).
 def stripemix(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-              options: StripeMixOptions, model=None) -> Mixed:
+              options: StripeMixOptions, model=None, rng=None) -> Mixed:
     """Mix a batch x (N, C, H, W) with labels y (N,): rows [H - r, H) from x[perm], r = round((1 - λ)·H)."""
-    if not coin(options.prob, generator):
+    src = generator if rng is None else rng
+    if not coin(options.prob, src):
         return unmixed(x, y, num_classes)
     n, h = len(x), x.shape[2]
-    lam = sample_beta(options.alpha, options.alpha, 1, generator, x.device)
-    rows = int(torch.round((1 - lam[0]) * h))
+    lam = beta_value(options.alpha, options.alpha, src)             # a Python float
+    rows = round((1 - lam) * h)
     perm = pairing(n, generator, x.device)
     mask = torch.zeros((n, 1, *x.shape[2:]), dtype=torch.bool, device=x.device)
     mask[:, :, h - rows:] = True

@@ -61,13 +61,30 @@ def class_objective(name: str, y: torch.Tensor | None = None) -> Callable[[torch
 
 
 def cam(activations: torch.Tensor, gradients: torch.Tensor, method: str = "layercam") -> torch.Tensor:
-    """Map (N, h, w) from activations and gradients (N, K, h, w); see the module docstring."""
+    """Map (N, h, w), float32, from activations and gradients (N, K, h, w) of any floating dtype (bf16 /
+    fp16 under autocast: cast to float32 before the products and the sum over channels); see the
+    module docstring."""
     check_choice("attribution method", method, METHODS)
+    activations, gradients = activations.float(), gradients.float()
     if method == "layercam":
         m = (activations * gradients.clamp_min(0)).sum(1)
     else:
         m = (gradients.mean((2, 3), keepdim=True) * activations).sum(1)
     return m.clamp_min(0)
+
+
+@contextmanager
+def capture(model: nn.Module, stages: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Inside the block, each forward of ``model`` stores the output of each stage in the yielded dict
+    {stage: activations (N, K, h, w)} (the last forward wins); the hooks are removed on exit."""
+    acts: dict[str, torch.Tensor] = {}
+    hooks = [model.stage(s).register_forward_hook(lambda _m, _i, out, s=s: acts.__setitem__(s, out))
+             for s in stages]
+    try:
+        yield acts
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def stage_maps(model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor],
@@ -76,18 +93,12 @@ def stage_maps(model: nn.Module, x: torch.Tensor, objective: Callable[[torch.Ten
     """Raw attribution maps {stage: (N, h_s, w_s)} of ``objective(forward(x))`` (summed over the batch).
 
     ``forward`` defaults to ``model``; pass e.g. a projection-head forward for a contrastive objective.
-    An objective returning a scalar (a batch loss) works too.
+    An objective returning a scalar (a batch loss) works too. Under autocast the forward runs in the
+    autocast dtype; the objective gets the outputs as float32 and the maps are float32.
     """
-    acts: dict[str, torch.Tensor] = {}
-    hooks = [model.stage(s).register_forward_hook(lambda _m, _i, out, s=s: acts.__setitem__(s, out))
-             for s in stages]
-    try:
-        with attribution_mode(model, bn), torch.enable_grad():
-            score = objective((forward or model)(x)).sum()
-            grads = torch.autograd.grad(score, [acts[s] for s in stages])
-    finally:
-        for h in hooks:
-            h.remove()
+    with capture(model, stages) as acts, attribution_mode(model, bn), torch.enable_grad():
+        score = objective((forward or model)(x).float()).sum()
+        grads = torch.autograd.grad(score, [acts[s] for s in stages])
     return {s: cam(acts[s].detach(), g, method) for s, g in zip(stages, grads)}
 
 
@@ -129,16 +140,17 @@ def degenerate(maps: torch.Tensor) -> torch.Tensor:
     return ~finite | (flat.amax(1) == flat.amin(1))
 
 
-def peak(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def peak(maps: torch.Tensor, check: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column (N,), (N,) of each map's arg-max; maps (N, H, W).
 
     Ties go to the first pixel in row-major order (as ``np.argmax`` in the authors' ``rand_bbox``).
     Raises ValueError for non-finite maps (a NaN would win the arg-max); screen maps with
-    :func:`degenerate` first, as :func:`gradmix.mixing.gradmix.gradmix` does.
+    :func:`degenerate` first, as :func:`gradmix.mixing.gradmix.gradmix` does, which then passes
+    ``check=False``: the check reads a device value on the host (a synchronisation on a GPU).
     """
     n, h, w = maps.shape
     flat = maps.reshape(n, -1)
-    if not torch.isfinite(flat).all():
+    if check and not torch.isfinite(flat).all():
         raise ValueError("attribution peak: the maps hold NaN or inf values; screen them with degenerate()")
     idx = flat.argmax(1)
     return idx // w, idx % w

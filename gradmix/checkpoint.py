@@ -67,7 +67,7 @@ from .rundir import (BESIDE, FORMAT, LIVE_DIR, MARKER, REPLACED, STAGING, Corrup
                      IncompleteRunError, atomic_write, environment, fsync_dir, identity_diff, identity_hash,
                      verify_run, write_marker)
 
-STATE_KEYS = ("model", "optimizer", "scheduler", "generators", "torch_rng", "cuda_rng")
+STATE_KEYS = ("model", "optimizer", "scheduler", "generators", "host_rngs", "scaler", "torch_rng", "cuda_rng")
 
 
 class RunLockedError(RuntimeError):
@@ -139,10 +139,15 @@ def _describe(text: str) -> str:
 
 def capture_state(parts: dict, device: torch.device) -> dict:
     """Everything a resumed run needs besides the log: ``parts`` = model, optimizer, scheduler,
-    generators ({name: torch.Generator}); plus torch's global CPU RNG and, on CUDA, the device's."""
+    generators ({name: torch.Generator}), optionally host_rngs ({name: numpy.random.Generator}, the
+    per-batch scalar draws) and precision (a gradmix.precision.Precision: the fp16 gradient scaler);
+    plus torch's global CPU RNG and, on CUDA, the device's."""
+    precision = parts.get("precision")
     return {"model": parts["model"].state_dict(), "optimizer": parts["optimizer"].state_dict(),
             "scheduler": parts["scheduler"].state_dict(),
             "generators": {k: g.get_state() for k, g in parts["generators"].items()},
+            "host_rngs": {k: r.bit_generator.state for k, r in parts.get("host_rngs", {}).items()},
+            "scaler": precision.state_dict() if precision is not None else None,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
@@ -156,6 +161,13 @@ def restore_state(state: dict, parts: dict, device: torch.device) -> None:
         raise KeyError(f"generators {sorted(state['generators'])}, expected {sorted(parts['generators'])}")
     for k, g in parts["generators"].items():
         g.set_state(state["generators"][k].cpu())
+    rngs = parts.get("host_rngs", {})
+    if set(state["host_rngs"]) != set(rngs):
+        raise KeyError(f"host generators {sorted(state['host_rngs'])}, expected {sorted(rngs)}")
+    for k, r in rngs.items():
+        r.bit_generator.state = state["host_rngs"][k]
+    if parts.get("precision") is not None:
+        parts["precision"].load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"].cpu())
     if device.type == "cuda" and state["cuda_rng"] is not None:
         torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)

@@ -21,7 +21,7 @@ from . import profiles
 from .checks import ConfigError, build, check_choice, check_range, check_unique
 from .contrastive.config import ContrastiveConfig
 from .corruption import CIFAR10C_CORRUPTIONS, CORRUPTIONS
-from .data import DATASETS
+from .data import DATASETS, STORAGE
 from .distill import distill_options
 from .inheritance import read_params
 from .mixing import MIXERS
@@ -30,6 +30,7 @@ from .ood import OOD_SETS
 from .profiles import (ProfileConfig, apply_overrides, check_complete, check_templated, merge, parse_overrides,
                        profile_names, resolve, yaml_values)
 from .randaugment import MAX_M as RANDAUGMENT_MAX_M, POLICIES as RANDAUGMENT_POLICIES
+from .precision import PRECISIONS
 from .scores import SCORES
 from .splits import OSR_SPLITS
 
@@ -62,6 +63,7 @@ class DataConfig:
     mean: tuple[float, ...] = field(default=(), metadata={"repeats": True})   # per-channel normalisation mean; () = computed from the training images
     std: tuple[float, ...] = field(default=(), metadata={"repeats": True})    # per-channel normalisation std; () = computed
     mirror: str = ""                # base URL that replaces the official hosts: <mirror>/<file name>
+    storage: str = "auto"           # pixels on the device: auto (uint8 if exact, else float16) | uint8 | float16 | float32
 
     def __post_init__(self):
         check_choice("data.dataset", self.dataset, DATASETS)
@@ -71,6 +73,7 @@ class DataConfig:
         check_range("data.crop_padding", self.crop_padding, 0)
         check_range("data.max_train", self.max_train, 0)
         check_choice("data.known", self.known, {"protocol", "all", "list", "random"})
+        check_choice("data.storage", self.storage, STORAGE)
         if not self.splits:
             raise ConfigError("data.splits: empty; give at least one split index")
         if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
@@ -136,6 +139,10 @@ class TrainConfig:
     progress: bool = True           # one line per epoch (loss, accuracy, AUROC)
     checkpoint_every: int = 1       # epochs between resumable checkpoints; 0 = none (gradmix.checkpoint)
     checkpoint_dir: str = "checkpoints"  # checkpoints and finished-run copies: <dir>/<run dir>; "" = <run>.ckpt
+    precision: str = "fp32"         # fp32 | bf16 | fp16 (torch.autocast; fp16 with a gradient scaler) (gradmix.precision)
+    channels_last: bool = False     # model and batches in channels-last memory format
+    compile: bool = False           # torch.compile of each model stage (start-up cost: docs/speed.md)
+    max_data_fraction: float = 0.5  # a split's images may take at most this share of device memory (CPU: available RAM); 0 = no check
 
     def __post_init__(self):
         check_range("train.epochs", self.epochs, 1)
@@ -158,6 +165,8 @@ class TrainConfig:
             raise ConfigError("train.seeds: empty; give at least one seed")
         if not (self.device in {"auto", "cpu", "cuda"} or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device: unknown value {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        check_choice("train.precision", self.precision, PRECISIONS)
+        check_range("train.max_data_fraction", self.max_data_fraction, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,10 @@ class MethodConfig:
         elif distill is not None:
             raise ConfigError(f"{where}.distill: only a method with kind 'distill' takes distill options")
         options = build(MIXERS[mixer].options, values, where)
+        if getattr(options, "attribution_pass", "separate") == "shared" and use != "extra":
+            raise ConfigError(f"{where}.attribution_pass: 'shared' reuses the clean batch's forward, which only "
+                              f"use 'extra' trains on; with use {use!r} set attribution_pass: separate "
+                              f"(valid: shared with use extra, separate with any use)")
         return cls(name=name, mixer=mixer, use=use, options=options, kind=kind, distill=distill)
 
     def to_dict(self) -> dict:
@@ -236,13 +249,20 @@ class BenchConfig:
     num_classes: int = 6
     batch_size: int = 128
     warmup: int = 3
-    repeats: int = 15
+    repeats: int = 2
     methods: tuple[str, ...] = ()   # empty = every method of `methods`
     device: str = "auto"
+    rounds: int = 24                # interleaved timing rounds; a method's time is the median over rounds
+    precision: str = "fp32"         # fp32 | bf16 | fp16 (the other of fp32/bf16 is timed for erm and shared GradMix too)
+    channels_last: bool = False     # the other layout is timed for erm and shared GradMix too
+    compile: bool = False           # torch.compile each model's stages (startup_seconds: the first step)
+    clock: str = "auto"             # auto (CPU time on a 1-thread CPU device, else wall) | wall | cpu
 
     def __post_init__(self):
         check_choice("bench.model", self.model, MODELS)
-        for key in ("width", "image_size", "channels", "batch_size", "repeats"):
+        check_choice("bench.clock", self.clock, {"auto", "wall", "cpu"})
+        check_choice("bench.precision", self.precision, PRECISIONS)
+        for key in ("width", "image_size", "channels", "batch_size", "repeats", "rounds"):
             check_range(f"bench.{key}", getattr(self, key), 1)
         check_range("bench.num_classes", self.num_classes, 2)
         check_range("bench.warmup", self.warmup, 0)

@@ -2,9 +2,10 @@
 
 A dataset loader returns raw images and labels for its train and test sets; :func:`load_openset`
 turns them into one known/unknown split of the standard protocol (:mod:`gradmix.splits`), resized
-to ``data.image_size`` and normalised with the training set's statistics. Batches are drawn from the
-device-resident tensors (:func:`batches`, :func:`augment`), as in airbench's GPU loader, so a step
-never waits for a CPU worker.
+to ``data.image_size``, stored compactly on the training device (``data.storage``: uint8 or float16)
+and normalised per batch with the training set's statistics. Batches are drawn from the
+device-resident tensors (:func:`batches`, :meth:`OpenSetData.train_batch`, :func:`augment`), as in
+airbench's GPU loader, so a step never waits for a CPU worker.
 """
 from __future__ import annotations
 
@@ -42,28 +43,79 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+STORAGE = ("auto", "uint8", "float16", "float32")
+PIXEL_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32}
+PIXEL_BYTES = {"uint8": 1, "float16": 2, "float32": 4}
+
+
 @dataclass
 class OpenSetData:
     """One open-set split on one device.
 
-    x_*: (N, C, S, S) float32, normalised; y_train / y_known: (N,) int64 in 0..K-1 (known-class
-    index); y_unknown: (M,) original class ids of the unknown test images.
+    pixels_*: (N, C, S, S) images in [0, 1] as stored on the device (``data.storage``): uint8 (value
+    = pixel·255), float16 or float32. y_train / y_known: (N,) int64 in 0..K-1 (known-class index);
+    y_unknown: (M,) original class ids of the unknown test images.
+
+    The model's inputs are the normalised float32 images ``(pixels - mean) / std``: a training step
+    takes them per batch (:meth:`train_batch`, :meth:`images`), so the device holds the compact pixels
+    only; ``x_train``, ``x_known`` and ``x_unknown`` give a whole set normalised (a new float32 tensor
+    at each access; evaluation, figures and robustness use them).
     """
 
-    x_train: torch.Tensor
+    pixels_train: torch.Tensor
     y_train: torch.Tensor
-    x_known: torch.Tensor
+    pixels_known: torch.Tensor
     y_known: torch.Tensor
-    x_unknown: torch.Tensor
+    pixels_unknown: torch.Tensor
     y_unknown: torch.Tensor
     known: list[int]                # original ids of the known classes, index = training label
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...]
 
+    def __post_init__(self):
+        device = self.pixels_train.device          # mean/std on the device once: no copy per batch
+        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+        self._std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+
     @property
     def num_classes(self) -> int:
         return len(self.known)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.pixels_train)
+
+    @property
+    def in_channels(self) -> int:
+        return self.pixels_train.shape[1]
+
+    @property
+    def storage(self) -> str:
+        """How the pixels are stored: uint8 | float16 | float32."""
+        return {v: k for k, v in PIXEL_DTYPES.items()}[self.pixels_train.dtype]
+
+    def images(self, pixels: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised float32 images (n, C, S, S) of ``pixels[idx]`` (all if idx is None), on their device."""
+        p = pixels if idx is None else pixels[idx]
+        t = p.float().div_(255.0) if p.dtype == torch.uint8 else p.float()
+        return (t - self._mean.to(t.device)) / self._std.to(t.device)
+
+    def train_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """The training images ``idx`` (n,), normalised: (n, C, S, S) float32."""
+        return self.images(self.pixels_train, idx)
+
+    @property
+    def x_train(self) -> torch.Tensor:
+        return self.images(self.pixels_train)
+
+    @property
+    def x_known(self) -> torch.Tensor:
+        return self.images(self.pixels_known)
+
+    @property
+    def x_unknown(self) -> torch.Tensor:
+        return self.images(self.pixels_unknown)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Back to [0, 1] pixel space, for display."""
@@ -76,6 +128,61 @@ class OpenSetData:
         m = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         s = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x - m) / s
+
+
+def to_storage(sets: list[torch.Tensor], storage: str) -> tuple[list[torch.Tensor], str]:
+    """[0, 1] float32 image sets as ``storage`` (``data.storage``), and the storage used.
+
+    ``uint8`` rounds to the nearest of 256 levels (exact for 8-bit sources at their native size; a
+    resized image loses up to 1/510 per pixel); ``float16`` keeps ~3 significant digits (error at most
+    2.4e-4 in [0, 1]); ``float32`` is exact; ``auto`` is uint8 when every set is exactly 8-bit, else
+    float16.
+    """
+    quantised = [(t * 255.0).round_().clamp_(0, 255).to(torch.uint8) for t in sets] \
+        if storage in ("auto", "uint8") else None
+    if storage == "auto":
+        exact = all(torch.equal(q.float().div_(255.0), t) for q, t in zip(quantised, sets))
+        storage = "uint8" if exact else "float16"
+    if storage == "uint8":
+        return quantised, storage
+    return [t.to(PIXEL_DTYPES[storage]) for t in sets], storage
+
+
+def memory_budget(device) -> tuple[int, str] | None:
+    """(bytes, what they are) the data check compares with: a CUDA device's total memory, or the CPU's
+    available RAM (psutil, else ``os.sysconf``); None where it cannot be told (then nothing is checked)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return total, f"the {total / 2**30:.1f} GiB of {device} ({free / 2**30:.1f} GiB free now)"
+    if device.type == "cpu":
+        try:
+            import psutil
+            avail = psutil.virtual_memory().available
+        except ImportError:
+            import os
+            try:
+                avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            except (ValueError, OSError, AttributeError):
+                return None
+        return avail, f"the {avail / 2**30:.1f} GiB of RAM available now"
+    return None
+
+
+def check_fits(nbytes: int, device, fraction: float, what: str) -> None:
+    """Raise ConfigError before any image is decoded onto ``device`` if ``nbytes`` exceed ``fraction`` of
+    its memory (:func:`memory_budget`); ``fraction`` 0 checks nothing."""
+    if not fraction:
+        return
+    budget = memory_budget(device)
+    if budget is None:
+        return
+    total, desc = budget
+    if nbytes > fraction * total:
+        raise ConfigError(f"{what}: the images need about {nbytes / 2**30:.2f} GiB on {device}, more than "
+                          f"train.max_data_fraction {fraction} of {desc}; lower data.image_size or "
+                          f"data.max_train, store them smaller (data.storage uint8 or float16), or raise "
+                          f"train.max_data_fraction")
 
 
 def _resize(x: np.ndarray, size: int) -> torch.Tensor:
@@ -198,7 +305,8 @@ def check_splits(cfg: "DataConfig") -> None:
         check_split(cfg, split, raw.class_names, np.asarray(raw.y_train), np.asarray(raw.y_test), known, unknown)
 
 
-def load_openset(cfg: "DataConfig", split: int, device: torch.device | str = "cpu") -> OpenSetData:
+def load_openset(cfg: "DataConfig", split: int, device: torch.device | str = "cpu",
+                 max_fraction: float = 0.0) -> OpenSetData:
     """Build split ``split`` of ``cfg.dataset``: known-class train set, known and unknown test sets.
 
     Downloads (once, verified) what the dataset needs. The split is checked first (:func:`check_split`).
@@ -206,8 +314,11 @@ def load_openset(cfg: "DataConfig", split: int, device: torch.device | str = "cp
     replacement to the smaller one's size (seeded by ``split_seed``); Vaze et al.'s
     ``get_equal_len_datasets`` draws with replacement (``np.random.choice``), so theirs can repeat images;
     ``data.max_train`` keeps every known class (:func:`stratified_subset`, seeded by ``split_seed``). Images are resized to ``data.image_size``
-    (0 = the dataset's native size) and normalised with ``data.mean``/``data.std``, or, when those
-    are empty, with the per-channel statistics of the known-class training images.
+    (0 = the dataset's native size) and stored on ``device`` as ``data.storage`` (:func:`to_storage`);
+    they are normalised per batch (:class:`OpenSetData`) with ``data.mean``/``data.std``, or, when those
+    are empty, with the per-channel statistics of the known-class training images (before storage).
+    ``max_fraction`` > 0 (``train.max_data_fraction``): fail with the estimated size before resizing
+    when the images would take more than that share of the device's memory (:func:`check_fits`).
     """
     info = DATASETS[cfg.dataset]
     raw = info.load(cfg)
@@ -229,6 +340,10 @@ def load_openset(cfg: "DataConfig", split: int, device: torch.device | str = "cp
         test_unknown = np.sort(rng.permutation(test_unknown)[:n])
 
     size = cfg.image_size or raw.x_train.shape[-1]
+    count = len(train) + len(test_known) + len(test_unknown)
+    per_pixel = PIXEL_BYTES.get(cfg.storage, 2)          # auto: at most float16
+    check_fits(count * (raw.x_train.shape[1] * size * size * per_pixel + 8), device, max_fraction,
+               f"{_where(cfg)}, split {split} ({count} images, {size}x{size}, {cfg.storage})")
     x_train = _resize(raw.x_train[train], size)
     if cfg.mean:
         if len(cfg.mean) != x_train.shape[1]:
@@ -238,17 +353,16 @@ def load_openset(cfg: "DataConfig", split: int, device: torch.device | str = "cp
     else:
         mean = x_train.mean(dim=(0, 2, 3))
         std = x_train.std(dim=(0, 2, 3)).clamp_min(1e-6)
-
-    def norm(t: torch.Tensor) -> torch.Tensor:
-        return ((t - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).to(device)
+    (p_train, p_known, p_unknown), _ = to_storage(
+        [x_train, _resize(raw.x_test[test_known], size), _resize(raw.x_test[test_unknown], size)], cfg.storage)
 
     def labels(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
 
     return OpenSetData(
-        x_train=norm(x_train), y_train=labels(lut[raw.y_train[train]]),
-        x_known=norm(_resize(raw.x_test[test_known], size)), y_known=labels(lut[raw.y_test[test_known]]),
-        x_unknown=norm(_resize(raw.x_test[test_unknown], size)), y_unknown=labels(raw.y_test[test_unknown]),
+        pixels_train=p_train.to(device), y_train=labels(lut[raw.y_train[train]]),
+        pixels_known=p_known.to(device), y_known=labels(lut[raw.y_test[test_known]]),
+        pixels_unknown=p_unknown.to(device), y_unknown=labels(raw.y_test[test_unknown]),
         known=list(known), mean=tuple(mean.tolist()), std=tuple(std.tolist()),
         class_names=tuple(raw.class_names[k] for k in known),
     )

@@ -95,12 +95,13 @@ def mixed_loss(z_s_mixed: torch.Tensor, z_t: torch.Tensor, z_t_mixed: torch.Tens
     """The student's loss on a mixed batch (module docstring): logits (N, K); y, partner, lam (N,);
     target (N, K) the two-hot λ·y_i + (1 - λ)·y_partner(i)."""
     d = partial(dist_loss, beta=o.beta, gamma=o.gamma, tau=o.tau)
-    learn = teacher_knows(z_t_mixed, y, partner) if o.relabel else torch.ones_like(y, dtype=torch.bool)
-    loss = z_s_mixed.new_zeros(())
-    if learn.any():
-        loss = loss + d(z_s_mixed[learn], z_t[learn])
-    if (~learn).any():
-        loss = loss + soft_cross_entropy(z_s_mixed[~learn], target[~learn], o.smoothing).mean()
+    if not o.relabel:
+        loss = d(z_s_mixed, z_t)
+    else:                          # masks, not boolean indexing: no host synchronisation (docs/speed.md)
+        learn = teacher_knows(z_t_mixed, y, partner)
+        relabel = (~learn).float()
+        ce = soft_cross_entropy(z_s_mixed, target, o.smoothing)
+        loss = d(z_s_mixed, z_t, select=learn) + (relabel * ce).sum() / relabel.sum().clamp_min(1)
     lam_bar = lam.mean()
     return loss + lam_bar * d(z_s_mixed, z_t) + (1 - lam_bar) * d(z_s_mixed, z_t[partner])
 

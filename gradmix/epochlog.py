@@ -50,6 +50,13 @@ class EpochStats:
         self._sums[name] = self._sums[name] + s if name in self._sums else s
         self._counts[name] = self._counts.get(name, 0) + values.numel()
 
+    def add_mean(self, name: str, value: torch.Tensor, count: int) -> None:
+        """Add a per-step mean ``value`` (a device scalar) over ``count`` samples to the epoch mean of
+        ``name`` (the epoch mean weights each step by its sample count)."""
+        s = value.detach().reshape(()).to(torch.float64) * count
+        self._sums[name] = self._sums[name] + s if name in self._sums else s
+        self._counts[name] = self._counts.get(name, 0) + count
+
     def mixed(self, mixed) -> None:
         """Record a mixer's output: ``masked_fraction`` = mean over its samples of the fraction of
         pixels replaced (``Mixed.mask`` (N, 1, H, W); a batch the mixer left unmixed counts 0), and

@@ -50,7 +50,7 @@ REPLACED = ".old"                 # <run>.old: the previous copy while a new one
 FORMAT = 1
 
 # knobs that do not change a run's results, left out of its identity
-NOT_RESULTS = {"train": ("progress", "checkpoint_every", "checkpoint_dir", "device", "seeds"),
+NOT_RESULTS = {"train": ("progress", "checkpoint_every", "checkpoint_dir", "device", "seeds", "max_data_fraction"),
                "data": ("root", "mirror", "splits"),
                "teacher": ("dir",)}
 # package modules that training never executes (they read finished runs, or fetch verified data)

@@ -19,13 +19,12 @@ from pathlib import Path
 from torch import nn
 
 from .config import Config, ConfigError, MethodConfig
-from .data import load_openset
 from .distill import distillation_loss, freeze
 from .epochlog import say
 from .mixing import NoOptions
 from .models import build_model
 from .rundir import IncompleteRunError, read_config, run_problem
-from .train import load_model, resolve_device, run_name, train_run
+from .train import load_model, load_split, resolve_device, run_name, train_run
 
 
 def teacher_config(cfg: Config) -> Config:
@@ -55,7 +54,7 @@ def train_teachers(cfg: Config, out_root: str | Path | None = None) -> list[Path
         f"{len(cfg.train.seeds)} seed(s) {list(cfg.train.seeds)} x {cfg.train.epochs} epochs on {device} -> {out_root}")
     out = []
     for split in cfg.data.splits:
-        data = cache(partial(load_openset, cfg.data, split, device))   # loaded only if a teacher trains
+        data = cache(partial(load_split, cfg, split, device))   # loaded only if a teacher trains
         for seed in cfg.train.seeds:
             out.append(train_teacher(cfg, split, seed, out_root / run_name(split, seed), data))
     return out

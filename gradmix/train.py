@@ -31,8 +31,10 @@ from .losses import soft_cross_entropy
 from .metrics import auroc, accuracy
 from .mixing import make_mixer
 from .models import Classifier, build_model
+from .precision import Precision, fused_optimizer, prepare_model
 from .randaugment import rand_augment_normalized
 from .rundir import RUN_FILES, CorruptFileError, make_identity, run_name, verify_run  # noqa: F401 (re-exported)
+from .steps import Step, loss_step, shared_gradmix_step, uses_shared_pass
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,10 +47,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+    """SGD or Adam of ``train``; fused with ``precision: fp16`` (gradmix.precision.fused_optimizer)."""
+    fused = {"fused": True} if fused_optimizer(t.precision) else {}
     if t.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
-                               weight_decay=t.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+                               weight_decay=t.weight_decay, **fused)
+    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, **fused)
+
+
+def host_rng(seed: int) -> np.random.Generator:
+    """The run's host generator of per-batch scalars (coins, λ, grid and Dirichlet draws): no step reads
+    a device value to draw them (gradmix.mixing.boxes). Part of every checkpoint."""
+    return np.random.default_rng(seed)
 
 
 def make_schedule(opt: torch.optim.Optimizer, t: TrainConfig, steps_per_epoch: int):
@@ -123,6 +133,17 @@ def training_loss(model, mixer, use: str, x: torch.Tensor, y: torch.Tensor, num_
     return clean + extra
 
 
+def method_step(m: MethodConfig, model, mixer, precision: Precision, loss_fn=None) -> Step:
+    """The per-batch step (gradmix.steps) of method ``m`` for ``model`` with its ``mixer`` (options, host
+    generator and recording bound): ``loss_fn`` (a loss hook's per-batch loss) in one backward if
+    given; GradMix with ``attribution_pass: shared`` its own step; else :func:`training_loss`."""
+    if loss_fn is not None:
+        return loss_step(loss_fn, precision)
+    if uses_shared_pass(m):
+        return shared_gradmix_step(model, mixer, m.options, precision)
+    return loss_step(partial(training_loss, model, mixer, m.use), precision)
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits (N, K) in eval mode."""
@@ -142,10 +163,16 @@ def run_identity(cfg: Config, m: MethodConfig, split: int, seed: int, device: to
     return make_identity({"method": m.name, "split": split, "seed": seed, "track": "ce"}, sections, device.type)
 
 
+def load_split(cfg: Config, split: int, device) -> OpenSetData:
+    """Split ``split`` of ``cfg.data`` on ``device``, failing first if its images would take more than
+    ``train.max_data_fraction`` of the device's memory (gradmix.data.check_fits)."""
+    return load_openset(cfg.data, split, device, max_fraction=cfg.train.max_data_fraction)
+
+
 def split_data(data, cfg: Config, split: int, device) -> OpenSetData:
     """``data`` if given, the result of calling it if it is a loader, else the split loaded now."""
     if data is None:
-        return load_openset(cfg.data, split, device)
+        return load_split(cfg, split, device)
     return data() if callable(data) else data
 
 
@@ -158,7 +185,9 @@ def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Pa
     is a factory ``loss(model, mixer, data, split, seed, device)``, called once after the model is
     built, that returns the per-batch loss ``f(x, y, num_classes, generator, label_smoothing)`` (a
     scalar tensor); a method of another kind than ``ce`` brings its own (:mod:`gradmix.trainers`
-    passes it), with ``identity``: the extra config sections its results depend on.
+    passes it), with ``identity``: the extra config sections its results depend on. Each batch is
+    one step of :mod:`gradmix.steps` (the loss and its backward under ``train.precision``; GradMix with
+    ``attribution_pass: shared`` its own two-backward step), then one optimiser step.
 
     The run's life cycle is gradmix.checkpoint.RunWriter's: a second writer of ``out_dir`` fails at
     once (RunLockedError); a finished run of the same configuration and code is not retrained; an
@@ -187,31 +216,34 @@ def _train(w: RunWriter, cfg: Config, m: MethodConfig, split: int, seed: int, de
     torch.set_num_threads(t.threads)                         # as config.pin_threads: bit-identical at a fixed count
     data = split_data(data, cfg, split, device)
     torch.manual_seed(seed)                                  # model init and dropout
-    model = build_model(cfg.model, data.x_train.shape[1], data.num_classes).to(device)
+    precision = Precision.from_config(t, device)
+    model = prepare_model(build_model(cfg.model, data.in_channels, data.num_classes).to(device),
+                          channels_last=t.channels_last, compile=t.compile)
     check_method(m, model)
     stats = EpochStats()                                     # per-step sums on the device
-    mixer = stats.recording(make_mixer(m.mixer, m.options))
-    loss_fn = (partial(training_loss, model, mixer, m.use) if loss_factory is None
-               else loss_factory(model, mixer, data, split, seed, device))
-    n = len(data.x_train)
+    rng = host_rng(seed)                                     # per-batch scalars, drawn on the host
+    mixer = stats.recording(make_mixer(m.mixer, m.options, rng))
+    step = method_step(m, model, mixer, precision,
+                       None if loss_factory is None else loss_factory(model, mixer, data, split, seed, device))
+    n = data.num_train
     steps = max(1, n // t.batch_size) if n > t.batch_size else 1
     opt = make_optimizer(model, t)
     sched = make_schedule(opt, t, steps)
     gen = torch.Generator(device=device).manual_seed(seed)   # batches, augmentation, mixing
-    parts = {"model": model, "optimizer": opt, "scheduler": sched, "generators": {"batches": gen}}
+    parts = {"model": model, "optimizer": opt, "scheduler": sched, "generators": {"batches": gen},
+             "host_rngs": {"mixing": rng}, "precision": precision}
 
     log = w.start(parts)                                     # resumes, or starts fresh
     start = time.perf_counter() - w.seconds_before
     for epoch in range(len(log) + 1, t.epochs + 1):
         model.train()
         for idx in batches(n, t.batch_size, gen):
-            x = rand_augment_normalized(data.x_train[idx], gen, t.randaugment_n, t.randaugment_m,
+            x = rand_augment_normalized(data.train_batch(idx), gen, t.randaugment_n, t.randaugment_m,
                                         t.randaugment_policy, data.mean, data.std)   # n = 0: x, no draw
-            x = augment(x, gen, cfg.data.crop_padding, cfg.data.hflip)
-            batch_loss = loss_fn(x, data.y_train[idx], data.num_classes, gen, t.label_smoothing)
+            x = precision.batch(augment(x, gen, cfg.data.crop_padding, cfg.data.hflip))
             opt.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            opt.step()
+            batch_loss = step(x, data.y_train[idx], data.num_classes, gen, t.label_smoothing)
+            precision.step(opt)
             sched.step()
             stats.loss(batch_loss)
         losses, means = stats.close()                        # the epoch's one device-to-host copy
@@ -233,7 +265,7 @@ def _write_run(d: Path, cfg: Config, m: MethodConfig, split: int, seed: int, dev
             "known_classes": data.known, **run_info}
     (d / "config.json").write_text(json.dumps({"run": info, **cfg.to_dict()}, indent=2))
     torch.save({"state_dict": model.state_dict(), "model": cfg.to_dict()["model"],
-                "in_channels": data.x_train.shape[1], "num_classes": data.num_classes,
+                "in_channels": data.in_channels, "num_classes": data.num_classes,
                 "known": data.known, "mean": data.mean, "std": data.std}, d / "model.pt")
     write_log(d / "log.csv", log)
     np.savez(d / "scores.npz",
@@ -263,7 +295,7 @@ def every_run(cfg: Config, method: str, out_root: str | Path, run_fn, epochs: in
         f"{epochs or cfg.train.epochs} epochs on {device} -> {Path(out_root) / method}")
     out = []
     for split in splits:
-        data = cache(partial(load_openset, cfg.data, split, device))
+        data = cache(partial(load_split, cfg, split, device))
         for seed in seeds:
             out.append(run_fn(cfg, method, split, seed, Path(out_root) / method / run_name(split, seed), data))
     return out

@@ -186,6 +186,7 @@ def test_loss_is_clean_plus_lambda_weighted_extra(setup, supcon_extra):
     assert loss.item() == pytest.approx(0.7 * sup.item() + 1.3 * ssl.item(), rel=1e-5)
     # with one λ' for the whole batch (the authors' scalar) the extra term is exactly λ'·L_extra
     loss_s, parts_s = loss_from_views(net, m, v1, v2, y, t, xe, torch.full((6,), 0.75))
+    parts_s = {k: v.item() for k, v in parts_s.items()}      # detached device scalars (no sync in a step)
     clean = 0.7 * parts_s["supcon"] + 1.3 * parts_s["simclr"]
     if not supcon_extra:
         assert loss_s.item() == pytest.approx(clean + 1.3 * 0.75 * parts_s["extra"], rel=1e-5)

@@ -16,7 +16,9 @@ from gradmix.train import make_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = yaml.safe_load((ROOT / "params_paper.yaml").read_text())
-MACHINE = {"data": {"root", "mirror"}, "train": {"device", "threads", "progress", "checkpoint_every", "checkpoint_dir"}}
+MACHINE = {"data": {"root", "mirror", "storage"},
+           "train": {"device", "threads", "progress", "checkpoint_every", "checkpoint_dir", "precision",
+                     "channels_last", "compile", "max_data_fraction"}}
 
 
 def with_profile(tmp_path, name, profiles=None):
@@ -45,7 +47,7 @@ def test_paper_profiles_validate_and_write_every_value_out(tmp_path, name):
     assert set(prof["model"]) == {"name", "width"}
     assert cfg.data.root == "data" and cfg.train.device == "auto"       # machine settings from params.yaml
     stages = {"vgg32": ("block2", "block3"), "resnet18": ("layer3", "layer4")}[cfg.model.name]
-    for m in ("gradmix", "gradmix_ce", "gradmix_random", "gradmix_partner", "gradmix_replace"):
+    for m in ("gradmix", "gradmix_ce", "gradmix_random", "gradmix_partner", "gradmix_replace", "gradmix_shared"):
         assert cfg.method(m).options.stages == stages
     config.apply_smoke(cfg)                                             # notebooks' smoke runs stay valid
     # every stage a method attributes exists in the network that trains it, for both tracks

@@ -140,19 +140,22 @@ def interrupted(cfg, method, out, after_epoch=1):
     return checkpoint.checkpoint_folder(out, cfg.train.checkpoint_dir)
 
 
-@pytest.mark.parametrize("model, stop", [("vgg32", 1), ("small_cnn", 2)])
-def test_resumed_run_matches_an_uninterrupted_one(tiny, tmp_path, capsys, model, stop):
+@pytest.mark.parametrize("model, stop, method, precision", [("vgg32", 1, "erm", "fp32"), ("small_cnn", 2, "erm", "fp32"),
+                                                             ("small_cnn", 1, "cutmix", "fp16")])
+def test_resumed_run_matches_an_uninterrupted_one(tiny, tmp_path, capsys, model, stop, method, precision):
     """vgg32's dropout draws from torch's global RNG, whose state the checkpoint carries; a run stopped
-    after its last epoch's checkpoint (before the run was written) only writes the run when resumed."""
-    cfg = config.replace(tiny, model={"name": model}, data={"max_train": 64})
-    out = tmp_path / "a" / "erm" / "split0-seed0"
-    interrupted(cfg, "erm", out, after_epoch=stop)
+    after its last epoch's checkpoint (before the run was written) only writes the run when resumed.
+    CutMix's coin (prob 0.5) and λ come from the run's host generator, fp16's loss scale from its
+    gradient scaler: both are in the checkpoint too."""
+    cfg = config.replace(tiny, model={"name": model}, data={"max_train": 64}, train={"precision": precision})
+    out = tmp_path / "a" / method / "split0-seed0"
+    interrupted(cfg, method, out, after_epoch=stop)
     capsys.readouterr()
-    train.train_run(cfg, "erm", 0, 0, out)
+    train.train_run(cfg, method, 0, 0, out)
     said = capsys.readouterr().out
-    assert f"resumed erm/split0-seed0 from epoch {stop} (" in said
+    assert f"resumed {method}/split0-seed0 from epoch {stop} (" in said
     assert ("all 2 epochs done" in said) == (stop == 2) and ("epoch 2/2" in said) == (stop == 1 and cfg.train.progress)
-    ref = train.train_run(cfg, "erm", 0, 0, tmp_path / "b" / "erm" / "split0-seed0")
+    ref = train.train_run(cfg, method, 0, 0, tmp_path / "b" / method / "split0-seed0")
     assert (out / "scores.npz").read_bytes() == (ref / "scores.npz").read_bytes()
 
 
@@ -172,9 +175,11 @@ def test_knobs_that_change_nothing_keep_the_identity(tiny):
     m = tiny.method("gradmix")
     base = train.run_identity(tiny, m, 0, 0, torch.device("cpu"))
     same = config.replace(tiny, train={"progress": True, "checkpoint_every": 5, "checkpoint_dir": "x", "device": "cpu",
-                                       "seeds": [0, 1]}, data={"splits": [0, 1], "root": "elsewhere"})
+                                       "seeds": [0, 1], "max_data_fraction": 0.9},
+                          data={"splits": [0, 1], "root": "elsewhere"})
     assert train.run_identity(same, m, 0, 0, torch.device("cpu")) == base
-    for change in ({"train": {"epochs": 3}}, {"data": {"max_train": 97}}, {"model": {"width": 8}}):
+    for change in ({"train": {"epochs": 3}}, {"data": {"max_train": 97}}, {"model": {"width": 8}},
+                   {"train": {"precision": "bf16"}}, {"data": {"storage": "float32"}}):
         other = config.replace(tiny, **change)
         assert rundir.identity_hash(train.run_identity(other, m, 0, 0, torch.device("cpu"))) != rundir.identity_hash(base)
     assert rundir.identity_hash(train.run_identity(tiny, m, 0, 1, torch.device("cpu"))) != rundir.identity_hash(base)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..losses import full_precision
+
 
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor | None = None, *, views: int = 2,
                 positives: torch.Tensor | None = None, temperature: float = 0.05,
@@ -23,6 +25,12 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor | None = None, *, views: i
     Returns the mean over the anchors that have a positive, or ℓ (V·B,) with ``reduction="none"``
     (ℓ_i = 0 where anchor i has no positive).
     """
+    with full_precision(z):        # float32 whatever train.precision (logits z·z/τ reach 1/τ = 20)
+        return _supcon(z.float(), labels, views, None if positives is None else positives.float(), temperature,
+                       base_temperature, reduction)
+
+
+def _supcon(z, labels, views, positives, temperature, base_temperature, reduction):
     n = len(z)
     if n % views:
         raise ValueError(f"supcon_loss: {n} features are not {views} views of equal batches")
@@ -41,10 +49,8 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor | None = None, *, views: i
     loss = -(temperature / base_temperature) * log_prob.sum(1) / n_pos.clamp_min(1)   # 0 where no positive
     if reduction != "mean":
         return loss
-    has = n_pos > 0
-    if bool(has.all()):
-        return loss.mean()
-    return loss[has].sum() / has.sum().clamp_min(1)
+    has = n_pos > 0               # the mean over anchors with a positive, without asking the host how many
+    return torch.where(has, loss, torch.zeros((), device=z.device)).sum() / has.sum().clamp_min(1)
 
 
 def ntxent(z: torch.Tensor, **kw) -> torch.Tensor:

@@ -30,9 +30,10 @@ from ..metrics import auroc
 from ..models import Classifier, build_model
 from ..probe import linear_probe
 from ..rundir import make_identity
-from ..train import load_model, probe_model, resolve_device, run_name, split_data, write_log
+from ..precision import Precision, fused_optimizer, prepare_model
+from ..train import host_rng, load_model, probe_model, resolve_device, run_name, split_data, write_log
 from .config import ContrastiveConfig, ContrastiveMethod, ContrastiveTrainConfig
-from .views import ContrastiveNet, extra_view, loss_from_views, view
+from .views import ContrastiveNet, make_step
 
 TRACK = "contrastive"
 
@@ -100,10 +101,13 @@ def _schedule(opt, t: ContrastiveTrainConfig, total_steps: int):
 
 def run_identity(cfg: Config, m: ContrastiveMethod, split: int, seed: int, device: torch.device) -> dict:
     """What determines a contrastive run's results (gradmix.rundir.make_identity): the data, the
-    encoder, the contrastive sections it reads and its method."""
+    encoder, the contrastive sections it reads, its method and the speed switches of ``train``
+    (precision, channels_last, compile) it runs with."""
     c = cfg.contrastive.to_dict()
+    speed = {k: getattr(cfg.train, k) for k in ("precision", "channels_last", "compile")}
     sections = {"data": dataclasses.asdict(cfg.data), "encoder": dataclasses.asdict(encoder_config(cfg)),
-                **{k: c[k] for k in ("train", "views", "knn", "probe")}, "method": c["methods"][m.name]}
+                **{k: c[k] for k in ("train", "views", "knn", "probe")}, "method": c["methods"][m.name],
+                "speed": speed}
     return make_identity({"method": m.name, "split": split, "seed": seed, "track": TRACK}, sections, device.type)
 
 
@@ -134,43 +138,41 @@ def _train(w: RunWriter, cfg: Config, m: ContrastiveMethod, split: int, seed: in
     torch.set_num_threads(cfg.train.threads)                 # as config.pin_threads: bit-identical at a fixed count
     data = split_data(data, cfg, split, device)
     torch.manual_seed(seed)
-    net = build_net(cfg, data.x_train.shape[1], data.num_classes).to(device)
+    precision = Precision.from_config(cfg.train, device)     # the `train` section's speed switches
+    net = build_net(cfg, data.in_channels, data.num_classes).to(device)
+    prepare_model(net, channels_last=cfg.train.channels_last, compile=cfg.train.compile, classifier=net.encoder)
     check_method(m, net.encoder)
     params = [p for n, p in net.named_parameters() if not n.startswith("encoder.fc.")]
-    opt = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    n = len(data.x_train)
+    opt = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay,
+                           **({"fused": True} if fused_optimizer(cfg.train.precision) else {}))
+    n = data.num_train
     steps = max(1, n // t.batch_size) if n > t.batch_size else 1
     sched = _schedule(opt, t, t.epochs * steps)
     gen = torch.Generator(device=device).manual_seed(seed)
-    parts = {"model": net, "optimizer": opt, "scheduler": sched, "generators": {"views": gen}}
+    rng = host_rng(seed)                                     # per-batch scalars, drawn on the host
+    stats = EpochStats()                                     # per-step sums on the device
+    step = make_step(net, m, c, precision, rng, stats, norm=(data.mean, data.std))
+    parts = {"model": net, "optimizer": opt, "scheduler": sched, "generators": {"views": gen},
+             "host_rngs": {"mixing": rng}, "precision": precision}
 
     log = w.start(parts)                                     # resumes, or starts fresh
     start = time.perf_counter() - w.seconds_before
-    stats = EpochStats()                                     # per-step sums on the device
     for epoch in range(len(log) + 1, t.epochs + 1):
         net.train()
-        sums: dict = {}
-        count = 0
         for idx in batches(n, t.batch_size, gen):
-            x, y = data.x_train[idx], data.y_train[idx]
-            norm = (data.mean, data.std)
-            v1, v2 = view(x, gen, c.views, norm), view(x, gen, c.views, norm)
-            xe, wt = extra_view(net, m, x, v1, v2, y, num_classes=data.num_classes, generator=gen, cfg=c, stats=stats,
-                                norm=norm)
-            loss, terms = loss_from_views(net, m, v1, v2, y, t, xe, wt)
+            x = precision.batch(data.train_batch(idx))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, terms = step(x, data.y_train[idx], data.num_classes, gen)
+            precision.step(opt)
             sched.step()
             stats.loss(loss)
-            for key, v in terms.items():
-                sums[key] = sums.get(key, 0.0) + v * len(idx)
-            count += len(idx)
+            for key, v in terms.items():                     # epoch means of the loss terms, on the device
+                stats.add_mean(key, v, len(idx))
         losses, means = stats.close()                        # the epoch's one device-to-host copy
         w.check_epoch(losses, [], epoch, hint=f"A diverging run usually means too high a learning rate "
                                               f"(contrastive.train.lr {t.lr}).")
         row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "loss": float(losses.mean()),
-               **{k: v / count for k, v in sums.items()}, **means, "seconds": time.perf_counter() - start}
+               **means, "seconds": time.perf_counter() - start}
         w.end_epoch(row, parts)
     scores = evaluate_net(net, data, c, seed)
     final = {"knn_accuracy": float(np.mean(scores["pred_knn_known"] == data.y_known.cpu().numpy())),
@@ -190,7 +192,7 @@ def _write_run(d: Path, cfg: Config, m: ContrastiveMethod, split, seed, net, dat
     (d / "config.json").write_text(json.dumps({"run": info, **cfg.to_dict()}, indent=2))
     t = cfg.contrastive.train
     torch.save({"state_dict": net.encoder.state_dict(), "model": dataclasses.asdict(encoder_config(cfg)),
-                "in_channels": data.x_train.shape[1], "num_classes": data.num_classes, "known": data.known,
+                "in_channels": data.in_channels, "num_classes": data.num_classes, "known": data.known,
                 "mean": data.mean, "std": data.std, "head": net.head.state_dict(), "feat_dim": t.feat_dim,
                 "head_kind": t.head}, d / "model.pt")
     write_log(d / "log.csv", log)

@@ -1,6 +1,6 @@
 """Mixing methods behind one API.
 
-Every mixer is ``mix(x, y, *, num_classes, generator, options, model=None) -> Mixed`` (see
+Every mixer is ``mix(x, y, *, num_classes, generator, options, model=None[, rng]) -> Mixed`` (see
 :class:`~gradmix.mixing.boxes.Mixed`): pure, batched, device-agnostic, never in place. Images are
 floating point and come back in their dtype and on their device; labels may have any integer dtype.
 Only the attribution-guided methods use ``model``. :func:`masked_fraction` gives each image's
@@ -11,6 +11,7 @@ mixer name to its options dataclass and function; :func:`register_mixer` adds on
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable
@@ -65,10 +66,19 @@ def register_mixer(name: str, options: type, fn: Callable, *, needs_model: bool 
     return spec
 
 
-def make_mixer(mixer: str, options) -> Callable | None:
-    """The mixer function with its options bound, or None for ``none``."""
+def make_mixer(mixer: str, options, rng=None) -> Callable | None:
+    """The mixer function with its options bound, or None for ``none``.
+
+    ``rng``: a host ``numpy.random.Generator`` for the per-batch scalars (gradmix.mixing.boxes), bound
+    too when the mixer takes an ``rng`` argument (every built-in one does; a registered mixer without
+    it draws everything from the torch generator).
+    """
     spec = MIXERS[mixer]
-    return None if spec.fn is None else partial(spec.fn, options=options)
+    if spec.fn is None:
+        return None
+    if rng is not None and "rng" in inspect.signature(spec.fn).parameters:
+        return partial(spec.fn, options=options, rng=rng)
+    return partial(spec.fn, options=options)
 
 
 __all__ = ["MIXERS", "MixerSpec", "Mixed", "masked_fraction", "make_mixer", "register_mixer", "mixup", "cutmix",

@@ -1,7 +1,11 @@
 """Shared pieces of the mixing methods: Beta sampling, boxes, pairing, soft targets, pasting.
 
 All functions are batched and follow their inputs' device; randomness comes only from the
-``torch.Generator`` passed in.
+generators passed in. Per-sample draws (permutations, box centres, noise) come from the
+``torch.Generator`` on the training device; per-batch scalars (the ``prob`` coin, one λ, R-Mix's grid
+and Dirichlet weight) from a host ``numpy.random.Generator`` (``rng``), so that a training step never
+reads a device value back to the host (docs/speed.md). Without ``rng`` (display, notebooks) the
+scalars are drawn from the torch generator and read back, as before.
 """
 from __future__ import annotations
 
@@ -74,21 +78,60 @@ def unmixed(x: torch.Tensor, y: torch.Tensor, num_classes: int, box: bool = True
     return Mixed(x.clone(), F.one_hot(y.long(), num_classes).float(), ones, ones, mask)
 
 
-def coin(prob: float, generator: torch.Generator) -> bool:
-    """True with probability ``prob`` (one draw from ``generator``)."""
+def coin(prob: float, source) -> bool:
+    """True with probability ``prob``.
+
+    ``source``: a host ``numpy.random.Generator`` (the trainers': a Python draw, no device work) or a
+    ``torch.Generator`` (one draw on its device read back to the host: a synchronisation on a GPU, so
+    only for use outside a training step). No draw when ``prob`` >= 1.
+    """
     if prob >= 1.0:
         return True
-    return bool(torch.rand(1, generator=generator, device=generator.device).item() < prob)
+    if isinstance(source, np.random.Generator):
+        return bool(source.random() < prob)
+    return bool(torch.rand(1, generator=source, device=source.device).item() < prob)
 
 
-def sample_beta(a: float, b: float, n: int, generator: torch.Generator, device=None) -> torch.Tensor:
-    """``n`` draws from Beta(a, b) as a float32 tensor on ``device``, seeded from ``generator``.
+def choice_index(k: int, source) -> int:
+    """A uniform index in [0, k) from ``source`` (as :func:`coin`)."""
+    if isinstance(source, np.random.Generator):
+        return int(source.integers(k))
+    return int(torch.randint(0, k, (1,), generator=source, device=source.device).item())
 
-    torch's Beta sampler takes no generator, so one integer drawn from ``generator`` seeds NumPy's.
+
+def host_tensor(values: np.ndarray, device, dtype=torch.float32) -> torch.Tensor:
+    """Host draws (n,) as a tensor on ``device`` without a host synchronisation: one value is written by
+    a fill kernel (``torch.full``), several are copied from pinned memory asynchronously on a GPU."""
+    values = np.asarray(values)
+    device = torch.device(device)
+    if values.size == 1:
+        return torch.full(values.shape, float(values.reshape(-1)[0]), dtype=dtype, device=device)
+    t = torch.from_numpy(np.ascontiguousarray(values)).to(dtype)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def sample_beta(a: float, b: float, n: int, source, device=None) -> torch.Tensor:
+    """``n`` draws from Beta(a, b) as a float32 tensor (n,) on ``device``.
+
+    ``source``: a host ``numpy.random.Generator`` (drawn there, moved by :func:`host_tensor`; device
+    default: the CPU) or a ``torch.Generator``: torch's Beta sampler takes no generator, so one integer
+    drawn from it seeds NumPy's (a host synchronisation on a GPU; device default: the generator's).
     """
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    if isinstance(source, np.random.Generator):
+        return host_tensor(source.beta(a, b, size=n), device or "cpu")
+    seed = int(torch.randint(0, 2**62, (1,), generator=source, device=source.device).item())
     draws = np.random.default_rng(seed).beta(a, b, size=n)
-    return torch.as_tensor(draws, dtype=torch.float32, device=device or generator.device)
+    return host_tensor(draws, device or source.device)
+
+
+def beta_value(a: float, b: float, source) -> float:
+    """One Beta(a, b) draw as a Python float (a per-batch λ the host computes with), from ``source``
+    as :func:`sample_beta` (a torch generator's draw is read back: a synchronisation on a GPU)."""
+    if isinstance(source, np.random.Generator):
+        return float(source.beta(a, b))
+    return float(sample_beta(a, b, 1, source)[0])
 
 
 def pairing(n: int, generator: torch.Generator, device) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..checks import check_range
@@ -28,15 +29,17 @@ class CutMixOptions:
 
 
 def cutmix(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-           options: CutMixOptions, model=None) -> Mixed:
+           options: CutMixOptions, model=None, rng: np.random.Generator | None = None) -> Mixed:
     """Mix a batch x (N, C, H, W) (floating point; the result keeps its dtype and device) with labels
-    y (N,) of any integer dtype; see the module docstring."""
+    y (N,) of any integer dtype; see the module docstring. ``rng``: the host generator of the coin and
+    λ (gradmix.mixing.boxes); None: ``generator``."""
     y = mixer_inputs(x, y, "cutmix")
-    if not coin(options.prob, generator):
+    src = generator if rng is None else rng
+    if not coin(options.prob, src):
         return unmixed(x, y, num_classes)
     n, _, h, w = x.shape
     k = n if options.per_sample else 1
-    lam0 = sample_beta(options.beta, options.beta, k, generator, x.device).expand(n)
+    lam0 = sample_beta(options.beta, options.beta, k, src, x.device).expand(n)
     cy, cx = uniform_centres(k, h, w, generator, x.device)
     cut_h, cut_w = cut_sizes(lam0, h, w)
     bounds = box_bounds(cy.expand(n), cx.expand(n), cut_h, cut_w, h, w)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,6 +55,7 @@ from .boxes import (Mixed, box_bounds, box_mask, coin, cut_sizes, inside_centres
 
 FILLS = ("noise", "partner", "colocated")
 CENTRES = ("peak", "random", "random_clipped")
+PASSES = ("separate", "shared")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class GradMixOptions:
     per_sample: bool = False                    # one λ per image instead of per batch
     weight: str = "unmasked"                    # unmasked (λ') | one
     prob: float = 1.0                           # authors: every batch
+    attribution_pass: str = "separate"          # separate (own forward, frozen BN) | shared (the clean training forward)
 
     def __post_init__(self):
         check_choice("gradmix.attribution", self.attribution, METHODS)
@@ -86,24 +89,34 @@ class GradMixOptions:
         check_range("gradmix.lam_low", self.lam_low, 0.0, 1.0)
         check_range("gradmix.lam_span", self.lam_span, 0.0, 1.0 - self.lam_low)
         check_range("gradmix.prob", self.prob, 0.0, 1.0)
+        check_choice("gradmix.attribution_pass", self.attribution_pass, PASSES)
+        if self.attribution_pass == "shared" and self.bn != "batch":
+            raise ConfigError(f"gradmix.bn: {self.bn!r} needs attribution_pass: separate; the shared pass takes its "
+                              f"maps from the training forward (train mode, batch statistics), so bn must be "
+                              f"'batch' (valid with shared: batch)")
         if not self.stages:
             raise ConfigError("gradmix.stages: empty; name at least one model stage")
 
 
 def gradmix(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-            options: GradMixOptions, model=None, maps: torch.Tensor | None = None) -> Mixed:
+            options: GradMixOptions, model=None, maps: torch.Tensor | None = None,
+            rng: np.random.Generator | None = None) -> Mixed:
     """Mask (or mix) a box around each image's attribution peak; x (N, C, H, W) floating point, y (N,)
     integer labels of any integer dtype. Returns images in x's dtype and device.
 
-    ``maps`` (N, H, W) may be given to skip the attribution pass (e.g. for display). Images whose map
-    is degenerate get a random in-image centre (module docstring, ``Mixed.fallback``).
+    ``maps`` (N, H, W) may be given to skip the attribution pass (e.g. for display, or the trainer's
+    shared pass: :mod:`gradmix.steps`). Images whose map is degenerate get a random in-image centre
+    (module docstring, ``Mixed.fallback``); those centres are drawn for every image and used where
+    needed, so the step never asks the host whether any map was degenerate. ``rng``: the host
+    generator of the per-batch coin and λ (gradmix.mixing.boxes); None: ``generator``.
     """
     o = options
     y = mixer_inputs(x, y, "gradmix")
-    if not coin(o.prob, generator):
+    src = generator if rng is None else rng
+    if not coin(o.prob, src):
         return unmixed(x, y, num_classes)
     n, c, h, w = x.shape
-    lam0 = o.lam_low + o.lam_span * sample_beta(o.alpha, o.beta, n if o.per_sample else 1, generator, x.device)
+    lam0 = o.lam_low + o.lam_span * sample_beta(o.alpha, o.beta, n if o.per_sample else 1, src, x.device)
     cut_h, cut_w = cut_sizes(lam0.expand(n), h, w)
     fallback = None
     if o.centre == "peak":
@@ -116,12 +129,11 @@ def gradmix(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: to
             raise ValueError(f"gradmix: maps of shape {tuple(maps.shape)} for images {tuple(x.shape)}; "
                              f"expected ({n}, {h}, {w})")
         fallback = degenerate(maps).to(x.device)
-        cy, cx = peak(torch.where(fallback[:, None, None].to(maps.device), torch.zeros((), dtype=maps.dtype,
-                                                                                      device=maps.device), maps))
-        cy, cx = cy.to(x.device), cx.to(x.device)
-        if bool(fallback.any()):          # drawn only then, so runs without fallbacks keep their draws
-            ry, rx = inside_centres(cut_h, cut_w, h, w, generator, x.device)
-            cy, cx = torch.where(fallback, ry, cy), torch.where(fallback, rx, cx)
+        usable = torch.where(fallback[:, None, None].to(maps.device), torch.zeros((), dtype=maps.dtype,
+                                                                                  device=maps.device), maps)
+        cy, cx = peak(usable, check=False)            # finite by construction
+        ry, rx = inside_centres(cut_h, cut_w, h, w, generator, x.device)
+        cy, cx = torch.where(fallback, ry, cy.to(x.device)), torch.where(fallback, rx, cx.to(x.device))
     elif o.centre == "random":
         cy, cx = inside_centres(cut_h, cut_w, h, w, generator, x.device)
     else:

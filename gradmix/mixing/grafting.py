@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -75,17 +76,19 @@ def graft_probabilities(cells: torch.Tensor, temperature: float, threshold: floa
 
 
 def grafting_parts(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-                   options: GraftingOptions, model=None, saliency: torch.Tensor | None = None) -> dict | None:
+                   options: GraftingOptions, model=None, saliency: torch.Tensor | None = None,
+                   rng: np.random.Generator | None = None) -> dict | None:
     """Everything Saliency Grafting computes for a batch, or None when the batch is not mixed (prob).
 
     Keys: ``saliency`` (N, h, w), ``cells`` (N, g, g) grid saliency normalised to sum 1, ``p`` (N, g, g)
     Bernoulli probabilities, ``partner`` (N,) source index, ``cell_mask`` (N, g, g) bool (sampled on the
     source's p), ``mask`` (N, 1, H, W) bool, ``lam_source`` (N,), ``mixed`` (:class:`Mixed`).
-    ``saliency`` may be given to skip the gradient pass.
+    ``saliency`` may be given to skip the gradient pass. ``rng``: the host generator of the coin
+    (gradmix.mixing.boxes); None: ``generator``.
     """
     o = options
     y = mixer_inputs(x, y, "grafting")
-    if not coin(o.prob, generator):
+    if not coin(o.prob, generator if rng is None else rng):
         return None
     n, _, h, w = x.shape
     if o.grid > min(h, w):
@@ -122,9 +125,10 @@ def grafting_parts(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, genera
 
 
 def grafting(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-             options: GraftingOptions, model=None, saliency: torch.Tensor | None = None) -> Mixed:
+             options: GraftingOptions, model=None, saliency: torch.Tensor | None = None,
+             rng: np.random.Generator | None = None) -> Mixed:
     """Saliency Grafting of a batch x (N, C, H, W) (floating point; the result keeps its dtype and
     device) with labels y (N,) of any integer dtype; see the module docstring."""
     parts = grafting_parts(x, y, num_classes=num_classes, generator=generator, options=options, model=model,
-                           saliency=saliency)
+                           saliency=saliency, rng=rng)
     return unmixed(x, y, num_classes) if parts is None else parts["mixed"]

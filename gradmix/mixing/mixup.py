@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..checks import check_range
@@ -23,14 +24,16 @@ class MixupOptions:
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-          options: MixupOptions, model=None) -> Mixed:
+          options: MixupOptions, model=None, rng: np.random.Generator | None = None) -> Mixed:
     """Mix a batch x (N, C, H, W) (floating point; the result keeps its dtype and device) with labels
-    y (N,) of any integer dtype; see the module docstring. Blending leaves no mask (``Mixed.mask`` None)."""
+    y (N,) of any integer dtype; see the module docstring. Blending leaves no mask (``Mixed.mask`` None).
+    ``rng``: the host generator of the per-batch coin and λ (gradmix.mixing.boxes); None: ``generator``."""
     y = mixer_inputs(x, y, "mixup")
-    if not coin(options.prob, generator):
+    src = generator if rng is None else rng
+    if not coin(options.prob, src):
         return unmixed(x, y, num_classes, box=False)
     n = len(x)
-    lam = sample_beta(options.alpha, options.alpha, 1, generator, x.device).expand(n)
+    lam = sample_beta(options.alpha, options.alpha, 1, src, x.device).expand(n)
     perm = pairing(n, generator, x.device)
     l4 = lam[:, None, None, None].to(x.dtype)       # float32 λ would promote fp16/bf16 images
     return Mixed(l4 * x + (1 - l4) * x[perm], soft_targets(y, perm, lam, num_classes), lam.clone(),

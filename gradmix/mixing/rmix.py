@@ -10,8 +10,9 @@ Per batch:
    CIFAR, i.e. grids 4 and 2), each map normalised to sum 1.
 2. Threshold: a quantile level q_i drawn uniformly per image from linspace(0, q_max, q_levels)
    (official: linspace(0, 0.99, 10)); cells with saliency >= the q_i-quantile of image i are its
-   salient cells M_i (``torch.quantile``, linear interpolation, as the official code); M is
-   upsampled to pixels by nearest neighbour.
+   salient cells M_i (linear interpolation between order statistics, as ``torch.quantile`` in the
+   official code; :func:`row_quantiles`, which needs no host synchronisation); M is upsampled to
+   pixels by nearest neighbour.
 3. Mix with a permuted partner j: where M_i == M_j (both salient or neither) the images are blended
    w1·x_i + w2·x_j with (w1, w2) ~ Dirichlet(α, α) once per batch (official ``dirichlet_alpha`` 1.0);
    elsewhere the salient image wins.
@@ -28,11 +29,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..checks import ConfigError, check_choice, check_range
-from .boxes import Mixed, coin, mixer_inputs, pairing, sample_beta, unmixed
+from .boxes import Mixed, choice_index, coin, mixer_inputs, pairing, sample_beta, unmixed
 from .saliency import SALIENCY_BN, gradient_saliency, pool_to_grid, upsample_cells
 
 
@@ -61,21 +63,37 @@ def _draw_int(high: int, n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randint(0, high, (n,), generator=generator, device=generator.device)
 
 
+def row_quantiles(values: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The q_i-quantile of each row of ``values`` (N, M), q (N,) in [0, 1]: linear interpolation between
+    the order statistics at position q_i·(M - 1), which is ``torch.quantile(values, q, dim=1).diagonal()``
+    (the official R-Mix threshold) in O(N·M log M) instead of O(N²·M). Written here because
+    ``torch.quantile`` checks q's range on the host (a synchronisation per call on a GPU)."""
+    ordered = values.sort(dim=1).values
+    pos = q.to(ordered.dtype) * (values.shape[1] - 1)
+    lo = pos.floor().long().clamp(0, values.shape[1] - 1)
+    hi = (lo + 1).clamp_max(values.shape[1] - 1)
+    a, b = ordered.gather(1, lo[:, None])[:, 0], ordered.gather(1, hi[:, None])[:, 0]
+    return a + (b - a) * (pos - lo.to(pos.dtype))
+
+
 def rmix_parts(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-               options: RMixOptions, model=None, saliency: torch.Tensor | None = None) -> dict | None:
+               options: RMixOptions, model=None, saliency: torch.Tensor | None = None,
+               rng: np.random.Generator | None = None) -> dict | None:
     """Everything R-Mix computes for a batch, or None when the batch is not mixed (prob).
 
     Keys: ``saliency`` (N, H, W) pixel saliency, ``cells`` (N, g, g) normalised grid saliency,
     ``q`` (N,), ``salient`` (N, 1, H, W) bool M, ``partner`` (N,), ``w1`` (scalar tensor),
     ``blend`` / ``own`` / ``other`` (N, 1, H, W) bool regions, ``mixed`` (:class:`Mixed`).
-    ``saliency`` may be given to skip the gradient pass.
+    ``saliency`` may be given to skip the gradient pass. ``rng``: the host generator of the coin, the
+    grid and the Dirichlet weight (gradmix.mixing.boxes); None: ``generator``.
     """
     o = options
     y = mixer_inputs(x, y, "rmix")
-    if not coin(o.prob, generator):
+    src = generator if rng is None else rng
+    if not coin(o.prob, src):
         return None
     n, _, h, w = x.shape
-    g = o.grids[int(_draw_int(len(o.grids), 1, generator).item())]
+    g = o.grids[choice_index(len(o.grids), src)]
     if g > min(h, w):
         raise ValueError(f"rmix.grids: {g} cells per side exceed the {h}x{w} images; valid: 1..{min(h, w)}")
     if saliency is None:
@@ -87,9 +105,9 @@ def rmix_parts(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator:
     levels = torch.linspace(0.0, o.q_max, o.q_levels, device=x.device)
     q = levels[_draw_int(o.q_levels, n, generator).to(x.device)]
     flat = cells.flatten(1)
-    thresholds = torch.quantile(flat, q, dim=1).diagonal()           # image i's own q_i-quantile
+    thresholds = row_quantiles(flat, q)                               # image i's own q_i-quantile
     salient = upsample_cells(cells >= thresholds[:, None, None], (h, w)) > 0.5
-    w1 = sample_beta(o.alpha, o.alpha, 1, generator, x.device)[0]     # Dirichlet(α, α) = (B, 1 - B)
+    w1 = sample_beta(o.alpha, o.alpha, 1, src, x.device)[0]           # Dirichlet(α, α) = (B, 1 - B)
     perm = pairing(n, generator, x.device)
     partner_salient = salient[perm]
     blend = salient == partner_salient
@@ -109,9 +127,10 @@ def rmix_parts(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator:
 
 
 def rmix(x: torch.Tensor, y: torch.Tensor, *, num_classes: int, generator: torch.Generator,
-         options: RMixOptions, model=None, saliency: torch.Tensor | None = None) -> Mixed:
+         options: RMixOptions, model=None, saliency: torch.Tensor | None = None,
+         rng: np.random.Generator | None = None) -> Mixed:
     """R-Mix a batch x (N, C, H, W) (floating point; the result keeps its dtype and device) with labels
     y (N,) of any integer dtype; see the module docstring."""
     parts = rmix_parts(x, y, num_classes=num_classes, generator=generator, options=options, model=model,
-                       saliency=saliency)
+                       saliency=saliency, rng=rng)
     return unmixed(x, y, num_classes) if parts is None else parts["mixed"]

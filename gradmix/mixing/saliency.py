@@ -54,23 +54,24 @@ def saliency_mode(model: nn.Module, bn: str = "train") -> Iterator[None]:
 
 def gradient_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, source: str = "input",
                       bn: str = "train") -> torch.Tensor:
-    """Saliency (N, h, w) of images x (N, C, H, W) with labels y (N,); (h, w) = (H, W) for the input,
-    else the stage's resolution. See the module docstring."""
+    """Saliency (N, h, w), float32, of images x (N, C, H, W) with labels y (N,); (h, w) = (H, W) for the
+    input, else the stage's resolution. See the module docstring. Under autocast the pass runs in the
+    autocast dtype; the loss and the reduction over channels in float32."""
     x = x.detach()
     with saliency_mode(model, bn), torch.enable_grad():
         if source == "input":
             x = x.clone().requires_grad_(True)
-            loss = F.cross_entropy(model(x), y, reduction="sum")
+            loss = F.cross_entropy(model(x).float(), y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, [x])
         else:
             acts: list[torch.Tensor] = []
             hook = model.stage(source).register_forward_hook(lambda _m, _i, out: acts.append(out))
             try:
-                loss = F.cross_entropy(model(x), y, reduction="sum")
+                loss = F.cross_entropy(model(x).float(), y, reduction="sum")
                 (grad,) = torch.autograd.grad(loss, [acts[0]])
             finally:
                 hook.remove()
-    return grad.pow(2).mean(1).sqrt()
+    return grad.float().pow(2).mean(1).sqrt()          # float32 under autocast too
 
 
 def pool_to_grid(saliency: torch.Tensor, grid: int) -> torch.Tensor:
