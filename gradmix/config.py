@@ -32,7 +32,7 @@ from .scores import SCORES
 from .splits import OSR_SPLITS
 
 __all__ = ["ConfigError", "build", "check_choice", "check_range", "Config", "DataConfig", "ModelConfig",
-           "TrainConfig", "MethodConfig", "EvalConfig", "BenchConfig", "OODConfig", "CorruptionConfig",
+           "TrainConfig", "SlurmConfig", "MethodConfig", "EvalConfig", "BenchConfig", "OODConfig", "CorruptionConfig",
            "ProfileConfig", "TeacherConfig", "SECTIONS", "from_dict", "load", "merge", "profile_names",
            "apply_profile", "apply_smoke", "replace"]
 
@@ -110,6 +110,40 @@ class ModelConfig:
         check_range("model.width", self.width, 1)
 
 
+LAUNCHERS = ("inline", "local", "slurm")
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """``train.slurm``: the sbatch parameters of each job with ``train.launcher: slurm`` (gradmix.launcher)."""
+
+    partition: str = ""             # --partition; "" = the cluster's default
+    account: str = ""               # --account; "" = your default account
+    gpus_per_job: int = 1           # --gpus-per-node
+    cpus_per_job: int = 8           # --cpus-per-task; also the job's CPU threads unless train.threads is set
+    mem_gb: int = 32                # --mem
+    time_min: int = 240             # --time in minutes; a job that reaches it is requeued and resumes
+    max_timeouts: int = 20          # requeues after reaching time_min before a run is given up (pre-emptions do not count)
+    setup: tuple[str, ...] = ()     # shell lines run before each job (module load ..., source .venv/bin/activate)
+    extra: dict = field(default_factory=dict, hash=False)   # any other sbatch flag, e.g. {qos: high, constraint: h100}
+
+    def __post_init__(self):
+        for key in ("gpus_per_job", "max_timeouts"):
+            check_range(f"train.slurm.{key}", getattr(self, key), 0)
+        for key in ("cpus_per_job", "mem_gb", "time_min"):
+            check_range(f"train.slurm.{key}", getattr(self, key), 1)
+        if not isinstance(self.extra, Mapping):
+            raise ConfigError(f"train.slurm.extra: expected a mapping of sbatch flags, e.g. {{qos: high}}, "
+                              f"got {self.extra!r}")
+        for k, v in self.extra.items():
+            if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", k):
+                raise ConfigError(f"train.slurm.extra: {k!r} is not an sbatch flag name (e.g. qos, constraint, "
+                                  f"mail_type)")
+            if isinstance(v, (dict, list, tuple)) or v is None or v is False:
+                raise ConfigError(f"train.slurm.extra.{k}: {v!r}; give a string or number (true: a flag "
+                                  f"without value)")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 15
@@ -129,6 +163,10 @@ class TrainConfig:
     progress: bool = True           # one line per epoch (loss, accuracy, AUROC)
     checkpoint_every: int = 1       # epochs between resumable checkpoints; 0 = none (gradmix.checkpoint)
     checkpoint_dir: str = "checkpoints"  # checkpoints and finished-run copies: <dir>/<run dir>; "" = <run>.ckpt
+    launcher: str = "inline"        # inline: one run after another here | local: a process per run | slurm: a job per run
+    workers: int = 0                # runs at once; 0 = local: one per visible GPU (1 without), slurm: all
+    log_dir: str = "logs"           # local/slurm: each job's log files, <log_dir>/<method>/<run>/ (shared disk for slurm)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self):
         check_range("train.epochs", self.epochs, 1)
@@ -147,6 +185,14 @@ class TrainConfig:
             raise ConfigError("train.seeds: empty; give at least one seed")
         if not (self.device in {"auto", "cpu", "cuda"} or self.device.startswith("cuda:")):
             raise ConfigError(f"train.device: unknown value {self.device!r}; valid: auto, cpu, cuda, cuda:N")
+        check_choice("train.launcher", self.launcher, LAUNCHERS)
+        check_range("train.workers", self.workers, 0)
+        if self.launcher != "inline" and not self.log_dir:
+            raise ConfigError(f"train.log_dir: empty; train.launcher {self.launcher} needs a folder for the job logs")
+        if isinstance(self.slurm, Mapping):          # from params.yaml or config.replace: validate the section
+            object.__setattr__(self, "slurm", build(SlurmConfig, self.slurm, "train.slurm"))
+        elif not isinstance(self.slurm, SlurmConfig):
+            raise ConfigError(f"train.slurm: expected a mapping of sbatch parameters, got {self.slurm!r}")
 
 
 @dataclass(frozen=True)

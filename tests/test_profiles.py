@@ -16,7 +16,8 @@ from gradmix.train import make_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = yaml.safe_load((ROOT / "params_paper.yaml").read_text())
-MACHINE = {"data": {"root", "mirror"}, "train": {"device", "progress", "checkpoint_every", "checkpoint_dir"}}
+MACHINE = {"data": {"root", "mirror"}, "train": {"device", "progress", "checkpoint_every", "checkpoint_dir", "launcher",
+                                                  "workers", "log_dir", "slurm"}}
 
 
 def with_profile(tmp_path, name, profiles=None):
