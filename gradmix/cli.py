@@ -190,6 +190,7 @@ ERRORS = (ValueError, OSError)   # ConfigError and corrupt files are ValueErrors
 def main(argv=None) -> int:
     """Run one subcommand; ordinary errors -> one line on stderr and status 2."""
     from .download import DownloadError
+    from .launcher import JobsFailedError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["download"]:             # every other argument is gradmix.download's (argparse's
@@ -201,7 +202,7 @@ def main(argv=None) -> int:
             return e.code
     try:
         return args.func(args)
-    except (*ERRORS, DownloadError) as e:
+    except (*ERRORS, DownloadError, JobsFailedError) as e:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"gradmix {args.command}: error: {message}", file=sys.stderr)
         return EXIT_ERROR

@@ -27,6 +27,7 @@ from .checks import ConfigError
 from .config import Config
 from .contrastive import runs as contrastive_runs
 from .data import DATASETS, OpenSetData, check_splits
+from .epochlog import say
 from .models import build_model
 from .teacher import check_teachers, train_student
 from .train import check_method, every_run
@@ -102,9 +103,22 @@ def train_method(cfg: Config, method: str, out_root: str | Path) -> list[Path]:
 
 def train_methods(cfg: Config, methods, out_root: str | Path) -> Path:
     """Train each of ``methods`` (any mix of tracks) on every split and seed into ``out_root``, after
-    checking all of them (:func:`check`); returns ``out_root``."""
+    checking all of them (:func:`check`); returns ``out_root``.
+
+    With ``train.launcher`` ``local`` or ``slurm`` the runs of all the methods are one batch of jobs
+    (:func:`gradmix.launcher.launch`), so ``train.workers`` GPUs stay busy across methods.
+    """
     methods = list(methods)
     check(cfg, methods)
-    for m in methods:
-        every_run(cfg, m, out_root, train_run, epochs(cfg, m))
+    if cfg.train.launcher == "inline" or len(methods) < 2:
+        for m in methods:
+            every_run(cfg, m, out_root, train_run, epochs(cfg, m))
+        return Path(out_root)
+    from .launcher import RunSpec, launch
+    from .rundir import run_name
+
+    say(f"{len(methods)} methods {methods}: {len(cfg.data.splits)} split(s) {list(cfg.data.splits)} x "
+        f"{len(cfg.train.seeds)} seed(s) {list(cfg.train.seeds)} -> {Path(out_root)}/<method>")
+    launch(cfg, [RunSpec(m, split, seed, str(Path(out_root) / m / run_name(split, seed)), train_run)
+                 for m in methods for split in cfg.data.splits for seed in cfg.train.seeds])
     return Path(out_root)
