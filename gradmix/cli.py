@@ -2,8 +2,9 @@
 
 Subcommands, each with ``--help``:
 
-* ``train --method M [--split K] [--seed S] --out DIR [--params F] [--set key=value ...]``: one run
-  (``DIR/<method>/split<k>-seed<s>/``), or every split × seed of the configuration under ``DIR``;
+* ``train --method M [M ...] [--split K] [--seed S] --out DIR [--params F] [--set key=value ...]``: one
+  run (``DIR/<method>/split<k>-seed<s>/``), or every split × seed of the configuration under ``DIR``;
+  several methods are one batch of jobs with ``train.launcher`` local or slurm (gradmix.launcher);
 * ``evaluate RUN_DIR ...`` / ``evaluate --runs DIR``: open-set metrics as a table, or ``--json``;
 * ``download ...``: fetch, verify and prepare datasets (:func:`gradmix.prepare.main`);
 * ``config [--params F] [--set key=value ...]``: the effective configuration as YAML.
@@ -69,13 +70,24 @@ def _load(args) -> config.Config:
 
 
 def cmd_train(args) -> int:
+    from . import trainers
     from .plan import announce, method_kind
+    from .rundir import planned_runs
 
     cfg = _load(args)
-    method_kind(cfg, args.method)                      # an unknown method or split fails before anything prints
+    methods = list(dict.fromkeys(args.method))
+    for m in methods:
+        method_kind(cfg, m)                            # an unknown method or split fails before anything prints
     sub = subset(cfg, args.split, args.seed)
-    announce(cfg, [args.method], "gradmix train", sub.data.splits, sub.train.seeds, args.out)
-    dirs = train_runs(cfg, args.method, args.out, args.split, args.seed)
+    if len(methods) > 1 and "teacher" in methods:
+        raise config.ConfigError("--method teacher: train the distillation teacher on its own (its students "
+                                 "need it finished first)")
+    announce(cfg, methods, "gradmix train", sub.data.splits, sub.train.seeds, args.out)
+    if len(methods) == 1:
+        dirs = train_runs(cfg, methods[0], args.out, args.split, args.seed)
+    else:                                              # one batch of jobs across the methods (train.launcher)
+        trainers.train_methods(sub, methods, args.out)
+        dirs = [Path(args.out) / m / run for m in methods for run in planned_runs(sub)]
     print("\n".join(str(d) for d in dirs))
     return 0
 
@@ -148,12 +160,14 @@ def parser() -> argparse.ArgumentParser:
                  "data, show the configuration. `gradmix COMMAND --help` describes each command.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train one method: one run, or every split x seed",
+    p = sub.add_parser("train", help="train methods: one run, or every split x seed",
                        description="Train METHOD into OUT/<method>/split<k>-seed<s>/: every split and seed of the "
                        "configuration, or only --split and/or --seed. METHOD is a key of params.yaml `methods` "
                        "(cross-entropy or distilled student), of `contrastive.methods`, or `teacher` (the "
                        "distillation teacher, into OUT/teacher/). Prints the device and the plan first.")
-    p.add_argument("--method", required=True, help="the method to train")
+    p.add_argument("--method", required=True, nargs="+", metavar="METHOD",
+                   help="the method(s) to train; several: with --set train.launcher=local or slurm their runs "
+                        "are one batch of jobs (docs/cluster.md)")
     p.add_argument("--split", type=int, help="only this split (default: every split of data.splits)")
     p.add_argument("--seed", type=int, help="only this seed (default: every seed of train.seeds)")
     p.add_argument("--out", required=True, type=Path, help="the folder that receives <method>/split<k>-seed<s>/")
