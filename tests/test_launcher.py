@@ -386,3 +386,14 @@ def test_plan_and_device_line_of_slurm_need_no_gpu_here(smoke):
     local = config.replace(smoke, train={"launcher": "local", "device": "cpu"})
     assert launcher.visible_gpus(local) == [] and launcher.slots(local, 5) == 1
     assert launcher.worker_threads(config.replace(cfg, train={"slurm": {"cpus_per_job": 6}}), 5) == 6
+
+
+def test_cli_trains_several_methods_and_keeps_the_teacher_alone(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    common = ["train", "--params", PARAMS, "--smoke", "--out", "runs", "--set", "train.checkpoint_dir="]
+    assert cli.main([*common, "--method", "erm", "mixup"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-2:] == ["runs/erm/split0-seed0", "runs/mixup/split0-seed0"]
+    assert all(rundir.run_problem(tmp_path / "runs" / m / "split0-seed0") is None for m in ("erm", "mixup"))
+    assert cli.main([*common, "--method", "erm", "teacher"]) == 2
+    assert "train the distillation teacher on its own" in capsys.readouterr().err
