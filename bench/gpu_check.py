@@ -10,11 +10,11 @@ to the next one; what does not fit is skipped with a note):
    marked ``cuda``: every mixer and the attribution pass agree on CPU and CUDA, one training step of
    every method, same seed -> same scores under ``torch.use_deterministic_algorithms``, which ops need
    the cuBLAS workspace setting); outcome, time and notes of each test.
-2. ``bench``: bench/bench.py's ``step_time`` for small_cnn and resnet18 at 32 px, batch 128 and 512,
-   precision fp32 and bf16, channels_last off and on: ms per step, images/s, peak memory of ERM and
-   GradMix with the attribution pass ``separate`` and ``shared``, GradMix/ERM, and the attribution
-   overhead of each mode, (t(gradmix) - t(gradmix_random)) / t(erm), where gradmix_random draws the
-   same box without attribution.
+2. ``bench``: the step benchmark, bench/bench.py (its ``main``, one call per point), for small_cnn and
+   resnet18 at 32 px, batch 128 and 512, precision fp32 and bf16, channels_last off and on: ms per
+   step, images/s and peak memory of ERM; GradMix's ms per step, GradMix/ERM and attribution overhead
+   (t(GradMix) - t(the same with a random centre)) / t(ERM) for each attribution pass bench.py
+   measures (``separate``, ``shared``).
 3. ``epoch``: the real trainer (gradmix.trainers.train_run) for two epochs of a synthetic CIFAR-sized
    set (50,000 noise images, 32 px, 10 classes, closed set; the paper_cifar10 recipe: batch 128, SGD)
    with ResNet-18, for ERM and GradMix: seconds of the first epoch (CUDA warm-up included) and of the
@@ -35,6 +35,7 @@ import contextlib
 import csv
 import dataclasses
 import importlib.util
+import io
 import json
 import os
 import platform
@@ -49,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -241,33 +243,69 @@ def bench_grid(quick: bool) -> list[dict]:
                                                              ("bf16", True))]
 
 
-def bench_point(cfg: config.Config, point: dict, device: torch.device, quick: bool) -> dict:
-    """One grid point: step time (median), images/s and peak memory of erm, gradmix_random and each
-    GradMix attribution pass; GradMix/ERM and the attribution overheads."""
-    bench = bench_module()
-    skipped: list[str] = []
-    size = 8 if quick else 32
-    cfg = knobs(cfg, precision=point["precision"], channels_last=point["channels_last"])
-    cfg, modes = with_methods(cfg, STAGES[point["model"]], skipped)
-    cfg = dataclasses.replace(cfg, bench=dataclasses.replace(
-        cfg.bench, model=point["model"], width=4 if quick else 32, image_size=size, channels=3, num_classes=10,
-        batch_size=point["batch"], warmup=0 if quick else 5, repeats=1 if quick else 20, device=str(device)))
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(point["batch"], 3, size, size, generator=g).to(device)
-    y = torch.randint(0, 10, (point["batch"],), generator=g).to(device)
-    steps = {}
-    for name in ("erm", "gradmix_random", *(f"gradmix_{m}" for m in modes)):
+def bench_params(params: Path, model: str, folder: Path) -> Path:
+    """A params file for bench/bench.py: ``bench.methods: [erm]`` (bench.py adds the GradMix variants it
+    compares) and every method's attribution stages set to ``model``'s last two."""
+    raw = yaml.safe_load(params.read_text())             # YAML merge keys resolved
+    raw["bench"] = {**(raw.get("bench") or {}), "methods": ["erm"]}
+    for m in (raw.get("methods") or {}).values():
+        if isinstance(m, dict) and "stages" in m:
+            m["stages"] = list(STAGES[model])
+    path = folder / f"params_{model}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def bench_argv(point: dict, params: Path, out: Path, device: torch.device, quick: bool) -> list[str]:
+    """bench/bench.py's command line for ``point`` (its flags are the fields of params.yaml ``bench``); a
+    switch this gradmix's bench lacks is fine at today's behaviour and raises :class:`Missing` otherwise."""
+    fields = {f.name for f in dataclasses.fields(config.BenchConfig)}
+    argv = ["--params", str(params), "--out", str(out), "--model", point["model"], "--width", "4" if quick else "32",
+            "--image-size", "8" if quick else "32", "--channels", "3", "--num-classes", "10",
+            "--batch-size", str(point["batch"]), "--warmup", "0" if quick else "3", "--repeats", "1" if quick else "10",
+            "--device", str(device)]
+    for knob in ("precision", "channels_last"):
+        value = point[knob]
+        if knob in fields:
+            argv += [f"--{knob.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else value]
+        elif value != TODAY[knob]:
+            raise Missing(f"bench.{knob} (train.{knob}) is not a knob of this gradmix")
+    if "rounds" in fields:
+        argv += ["--rounds", "1" if quick else "2"]
+    return argv
+
+
+def bench_point(params: Path, point: dict, device: torch.device, quick: bool) -> dict:
+    """One grid point through bench/bench.py: ms per step, images/s and peak memory of ERM; for GradMix
+    with each attribution pass bench.py has: ms per step, GradMix/ERM and the attribution overhead."""
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = bench_argv(point, bench_params(params, point["model"], Path(tmp)), Path(tmp) / "bench.json",
+                          device, quick)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        s = bench.step_time(cfg, name, x, y, device)
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = bench_module().main(argv)
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        steps[name] = {"ms": 1000 * s, "images_per_s": point["batch"] / s, "peak_gib": peak}
-    erm = steps["erm"]["ms"]
-    row = {**point, "steps": steps, "skipped": skipped}
-    for m in modes:
-        g_ms = steps[f"gradmix_{m}"]["ms"]
-        row[f"gradmix_{m}_over_erm"] = g_ms / erm
-        row[f"attribution_overhead_{m}"] = (g_ms - steps["gradmix_random"]["ms"]) / erm
+    return {**point, **bench_summary(result, point["batch"], peak)}
+
+
+def bench_summary(result: dict, batch: int, peak_gib: float | None) -> dict:
+    """bench.py's result in gpu-check's terms, for a bench.py with one attribution pass (``gradmix``,
+    ``gradmix_random``, ``attribution_overhead``) or with both (``attribution[objective][pass]``)."""
+    steps = result["step_seconds"]
+    erm = steps["erm"]
+    peaks = result.get("peak_memory_mb") or {}
+    row = {"erm_ms": 1000 * erm, "images_per_s": batch / erm,
+           "peak_gib": peak_gib, "erm_peak_gib": peaks["erm"] / 1024 if peaks.get("erm") else None, "gradmix": {}}
+    if "attribution" in result:
+        for objective, passes in result["attribution"].items():
+            for p, v in passes.items():
+                row["gradmix"][p if objective == "gt_logit" else f"{p}, {objective}"] = {
+                    "ms": v["gradmix_ms"], "over_erm": v["gradmix_to_erm"], "overhead": v["overhead"]}
+    else:
+        row["gradmix"]["separate"] = {"ms": 1000 * steps["gradmix"], "over_erm": steps["gradmix"] / erm,
+                                      "overhead": result["attribution_overhead"]}
+    row["bench"] = {k: result[k] for k in ("step_seconds", "ratio_to_erm", "setup") if k in result}
     return row
 
 
@@ -353,7 +391,7 @@ def main(argv=None) -> int:
                 failed = report.data["tests"].get("failed", 0) > 0
         elif part == "bench":
             report.data["bench"] = measure(bench_grid(args.quick), lambda pt: bench_point(
-                config.load(args.params), pt, device, args.quick), t0 + box, report, "bench")
+                Path(args.params), pt, device, args.quick), t0 + box, report, "bench")
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 skipped: list[str] = []
@@ -408,21 +446,18 @@ def table(r: dict) -> str:
         lines += [f"  FAILED {c['test']}: {c['message'][:160]}" for c in t["cases"] if c["outcome"] == "failed"]
     b = r.get("bench")
     if b and b.get("rows"):
-        lines.append("step benchmark (ms/step; GradMix/ERM; attribution overhead in ERM steps):")
-        lines.append(f"  {'model':<9} {'batch':>5} {'prec':<4} {'cl':<3} {'erm':>7} {'img/s':>8} {'peak':>6} "
-                     f"{'gm sep':>7} {'x':>5} {'attr':>5} {'gm sh':>7} {'x':>5} {'attr':>5}")
+        lines.append("step benchmark (bench/bench.py): ms/step; GradMix ms, x ERM, attribution overhead in ERM steps:")
+        lines.append(f"  {'model':<9} {'batch':>5} {'prec':<4} {'cl':<3} {'erm':>7} {'img/s':>8} {'peak':>6}"
+                     f"   {'separate':^19}   {'shared':^19}")
         for row in b["rows"]:
-            s = row["steps"]
-
             def col(mode):
-                k = f"gradmix_{mode}"
-                return (f"{s[k]['ms']:7.1f} {row[k + '_over_erm']:5.2f} {row['attribution_overhead_' + mode]:5.2f}"
-                        if k in s else f"{'-':>7} {'-':>5} {'-':>5}")
+                g = row["gradmix"].get(mode)
+                return f"{g['ms']:7.1f} {g['over_erm']:5.2f} {g['overhead']:5.2f}" if g else f"{'-':>7} {'-':>5} {'-':>5}"
 
-            peak = s["erm"]["peak_gib"]
-            lines.append(f"  {row['model']:<9} {row['batch']:>5} {row['precision']:<4} {'on' if row['channels_last'] else 'off':<3} "
-                         f"{s['erm']['ms']:7.1f} {s['erm']['images_per_s']:8.0f} "
-                         f"{(f'{peak:5.2f}G' if peak is not None else '-'):>6} {col('separate')} {col('shared')}")
+            peak = f"{row['peak_gib']:5.2f}G" if row.get("peak_gib") is not None else "-"
+            lines.append(f"  {row['model']:<9} {row['batch']:>5} {row['precision']:<4} "
+                         f"{'on' if row['channels_last'] else 'off':<3} {row['erm_ms']:7.1f} {row['images_per_s']:8.0f} "
+                         f"{peak:>6}   {col('separate')}   {col('shared')}")
     e = r.get("epoch")
     if e and e.get("rows"):
         st = e.get("setup", {})
@@ -436,8 +471,13 @@ def table(r: dict) -> str:
     for key in ("bench", "epoch"):
         part = r.get(key) or {}
         notes = [*part.get("skipped", []), *(n for row in part.get("rows", []) for n in row.get("skipped", []))]
-        for note in dict.fromkeys(notes):
-            lines.append(f"  skipped ({key}): {note}")
+        reasons: dict[str, list[str]] = {}
+        for note in notes:                      # "model=... batch=...: reason" -> grouped by reason
+            what, _, why = note.partition(": ") if "=" in note.partition(": ")[0] else ("", "", note)
+            reasons.setdefault(why, []).append(what)
+        for why, whats in reasons.items():
+            count = f"{len(whats)} point(s), e.g. {whats[0]}: " if whats[0] else ""
+            lines.append(f"  skipped ({key}): {count}{why}")
     return "\n".join(lines)
 
 

@@ -47,12 +47,11 @@ def test_quick_cpu_run_measures_and_writes_json(gc, tmp_path, capsys):
             assert not (have["train.precision"] and have["train.channels_last"])
     assert ("resnet18", 4, "fp32", False) in rows and ("small_cnn", 8, "fp32", False) in rows
     for row in r["bench"]["rows"]:
-        s = row["steps"]
-        assert row["gradmix_separate_over_erm"] == s["gradmix_separate"]["ms"] / s["erm"]["ms"]
-        assert row["attribution_overhead_separate"] == (
-            (s["gradmix_separate"]["ms"] - s["gradmix_random"]["ms"]) / s["erm"]["ms"])
-        assert s["erm"]["images_per_s"] == pytest.approx(row["batch"] / (s["erm"]["ms"] / 1000))
-        assert ("gradmix_shared" in s) == have["gradmix.attribution_pass"]
+        assert row["bench"]["setup"]["batch_size"] == row["batch"] and row["bench"]["setup"]["model"] == row["model"]
+        assert row["images_per_s"] == pytest.approx(row["batch"] / (row["erm_ms"] / 1000))
+        sep = row["gradmix"]["separate"]
+        assert sep["over_erm"] == pytest.approx(sep["ms"] / row["erm_ms"])
+        assert ("shared" in row["gradmix"]) == have["gradmix.attribution_pass"]
     epochs = {(x["method"], x["precision"]): x for x in r["epoch"]["rows"]}
     assert {("erm", "fp32"), ("gradmix_separate", "fp32")} <= set(epochs)
     erm = epochs[("erm", "fp32")]
@@ -79,6 +78,20 @@ def test_a_broken_point_is_recorded_and_the_others_run(gc, tmp_path):
     report = gc.Report(tmp_path / "r.json", {})
     part = gc.measure([{"n": 1}, {"n": 2}], lambda pt: 1 / (pt["n"] - 1), time.perf_counter() + 30, report, "epoch")
     assert part["rows"] == [1.0] and part["skipped"] == ["n=1: error ZeroDivisionError: division by zero"]
+
+
+def test_bench_results_of_either_bench_version_are_summarised(gc):
+    one = {"step_seconds": {"erm": 0.01, "gradmix": 0.03, "gradmix_random": 0.02}, "attribution_overhead": 1.0}
+    row = gc.bench_summary(one, 128, None)
+    assert row["gradmix"] == {"separate": {"ms": 30.0, "over_erm": 3.0, "overhead": 1.0}}
+    assert row["erm_ms"] == 10.0 and row["images_per_s"] == 12800
+    both = {"step_seconds": {"erm": 0.01}, "peak_memory_mb": {"erm": 512.0},
+            "attribution": {o: {p: {"gradmix_ms": 20.0 + i, "gradmix_to_erm": 2.0 + i, "overhead": 0.1 * i}
+                                for i, p in enumerate(("separate", "shared"))} for o in ("gt_logit", "ce")}}
+    row = gc.bench_summary(both, 64, 1.5)
+    assert set(row["gradmix"]) == {"separate", "shared", "separate, ce", "shared, ce"}
+    assert row["gradmix"]["shared"] == {"ms": 21.0, "over_erm": 3.0, "overhead": 0.1}
+    assert row["erm_peak_gib"] == 0.5 and row["peak_gib"] == 1.5
 
 
 def test_knobs_are_read_through_the_config(gc):
