@@ -1,8 +1,5 @@
 # make repro: set up the environment if needed, then run the whole DVC pipeline (dvc repro).
 # make test:  set up the environment if needed, then run pytest and nbval over every notebook.
-# make gpu-check: on a machine with a CUDA GPU, in <= 8 minutes: the tests marked cuda, the step benchmark
-#             (small_cnn, resnet18; fp32/bf16; channels_last) and real epochs on a CIFAR-sized synthetic set
-#             -> results/bench_cuda.json and a table (bench/gpu_check.py). Without CUDA it says so and exits 0.
 # make data:  download, verify and prepare the datasets of PROFILE (default: paper = every paper_*
 #             profile of params_paper.yaml) into data/, then record them in data.dvc (dvc add data).
 # make env TORCH_INDEX=https://download.pytorch.org/whl/cpu   (or .../whl/cu126, ...): take torch and
@@ -42,7 +39,7 @@ data: $(STAMP)
 bench: $(STAMP)
 	python bench/bench.py
 
-gpu-check: $(STAMP)
+gpu-check: $(STAMP)  ## on a CUDA machine, <= 8 min: cuda tests, step benchmark, real epochs -> results/bench_cuda.json
 	python bench/gpu_check.py
 
 clean:

@@ -10,6 +10,7 @@ which alone moves results by ~1e-3); training keeps the defaults.
 import copy
 import csv
 import dataclasses
+import inspect
 import json
 import os
 import subprocess
@@ -62,16 +63,21 @@ def batch(n=16, size=16, seed=1):
 @pytest.mark.parametrize("name", [m for m in SMOKE.methods if SMOKE.methods[m].mixer != "none"])
 def test_mixer_agrees_on_cpu_and_cuda(name, no_tf32):
     """The same images, model weights and random draws (a CPU generator, which every mixer accepts for
-    data on any device) give the same mixed batch on CUDA. An attribution-guided mixer may put a box one
+    data on any device, and the host generator of per-batch scalars where the mixer takes one) give the
+    same mixed batch on CUDA. An attribution-guided mixer may put a box one
     pixel off where two map values tie to float precision: at least 90 % of the images agree exactly."""
     m = SMOKE.method(name)
     torch.manual_seed(0)
     model = build_model(SMOKE.model, 3, K).train()
     x, y = batch()
     mix = make_mixer(m.mixer, m.options)
-    ref = mix(x, y, num_classes=K, generator=torch.Generator().manual_seed(2), model=copy.deepcopy(model))
+    host = {}                # the trainers' host generator of per-batch scalars, where mixers take one
+    if "rng" in inspect.signature(MIXERS[m.mixer].fn).parameters:
+        host = {"rng": lambda: np.random.default_rng(3)}
+    ref = mix(x, y, num_classes=K, generator=torch.Generator().manual_seed(2), model=copy.deepcopy(model),
+              **{k: f() for k, f in host.items()})
     out = mix(x.to(CUDA), y.to(CUDA), num_classes=K, generator=torch.Generator().manual_seed(2),
-              model=copy.deepcopy(model).to(CUDA))
+              model=copy.deepcopy(model).to(CUDA), **{k: f() for k, f in host.items()})
     assert out.x.device.type == "cuda" and out.x.dtype == x.dtype
     same = (torch.isclose(out.x.cpu(), ref.x, atol=1e-4).flatten(1).all(1)
             & torch.isclose(out.target.cpu(), ref.target, atol=1e-5).all(1)
