@@ -120,7 +120,7 @@ class SlurmConfig:
     partition: str = ""             # --partition; "" = the cluster's default
     account: str = ""               # --account; "" = your default account
     gpus_per_job: int = 1           # --gpus-per-node
-    cpus_per_job: int = 8           # --cpus-per-task; also the job's CPU threads unless train.threads is set
+    cpus_per_job: int = 8           # --cpus-per-task: each job's CPU cores (its torch threads: train.threads)
     mem_gb: int = 32                # --mem
     time_min: int = 240             # --time in minutes; a job that reaches it is requeued and resumes
     max_timeouts: int = 20          # requeues after reaching time_min before a run is given up (pre-emptions do not count)

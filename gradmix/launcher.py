@@ -13,10 +13,10 @@ A *run* is one split × seed of one method (gradmix.rundir). How the runs of a p
   ``train.slurm`` settings (:func:`slurm_parameters`), ``train.workers`` jobs at once (0: all).
 
 **Threads.** Each job runs with a fixed number of CPU threads (``torch.set_num_threads``, and
-``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` in its environment): ``train.threads`` where the
-configuration sets it (> 0), else, for ``local``, the calling process's torch threads divided by the
-workers (at least 1), and for ``slurm`` ``train.slurm.cpus_per_job``. On the CPU a run is
-bit-identical to its ``inline`` twin at the same thread count (e.g. ``OMP_NUM_THREADS=1``).
+``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` in its environment): ``train.threads``, the thread count every
+stage pins; a configuration without that knob gives ``local`` jobs the calling process's torch
+threads divided by the workers (at least 1) and ``slurm`` jobs ``train.slurm.cpus_per_job``. On the
+CPU a run is bit-identical to its ``inline`` twin at the same thread count.
 
 **Same code, same parameters.** A job receives the validated configuration as a mapping
 (``Config.to_dict``, validated again in the job by ``gradmix.config.from_dict``), the working
@@ -205,7 +205,7 @@ def slots(cfg, n_runs: int, gpus=()) -> int:
 
 def worker_threads(cfg, n_slots: int) -> int:
     """CPU threads of each job (module docstring)."""
-    threads = getattr(cfg.train, "threads", 0)   # train.threads, where the configuration has it; 0 = not set
+    threads = getattr(cfg.train, "threads", 0)   # train.threads (every stage pins it), where the config has it
     if threads:
         return int(threads)
     if cfg.train.launcher == "slurm":

@@ -1,6 +1,7 @@
 """train.launcher: runs as local processes or SLURM jobs (submitit) give the inline results bit for bit,
 the sbatch parameters, requeue after a signal resumes from the run's checkpoint, failed runs are named
 with their log files, and Ctrl-C cancels the running jobs."""
+import dataclasses
 import json
 import os
 import signal
@@ -29,6 +30,13 @@ def smoke():
     return config.load(PARAMS, smoke=True)
 
 
+# one CPU thread in every job: train.threads where the configuration has that knob (every stage pins it),
+# else the jobs' default (this process's threads, pinned to 1 by `one_thread`, divided by the workers)
+HAS_THREADS = "threads" in {f.name for f in dataclasses.fields(config.TrainConfig)}
+ONE = {"threads": 1} if HAS_THREADS else {}
+SET_ONE = ["--set", "train.threads=1"] if HAS_THREADS else []
+
+
 @pytest.fixture
 def one_thread():
     """Bit-identity between processes holds at a fixed thread count: 1 here and in every job."""
@@ -54,7 +62,7 @@ def test_local_workers_match_inline_bit_for_bit(tmp_path, monkeypatch, capsys, o
     the same run for either launcher (not retrained)."""
     monkeypatch.chdir(tmp_path)
     common = ["train", "--method", "erm", "--params", PARAMS, "--smoke", "--set", "data.splits=[0,1]",
-              "--set", "train.progress=true"]
+              "--set", "train.progress=true", *SET_ONE]
     assert cli.main([*common, "--out", "local", "--set", "train.launcher=local", "--set", "train.workers=2"]) == 0
     said = capsys.readouterr().out
     assert "launcher local: 2 process(es) at once, 1 CPU thread(s) each" in said
@@ -187,7 +195,7 @@ def test_slurm_launcher_with_debug_executor_matches_inline(smoke, tmp_path, monk
         return submitit.DebugExecutor(folder)
 
     monkeypatch.setattr(launcher, "make_executor", debug_executor)
-    cfg = config.replace(smoke, data={"splits": [0, 1]}, train=SLURM)
+    cfg = config.replace(smoke, data={"splits": [0, 1]}, train={**SLURM, **ONE})
     trainers.train_methods(cfg, ["erm", "cutmix"], tmp_path / "slurm")
     said = capsys.readouterr().out
     assert [s[0] for s in submitted] == ["erm/split0-seed0", "erm/split1-seed0", "cutmix/split0-seed0",
@@ -195,7 +203,7 @@ def test_slurm_launcher_with_debug_executor_matches_inline(smoke, tmp_path, monk
     assert all(t == 1 and p["partition"] == "gpu" and p["gpus_per_node"] == 2 for _, p, t in submitted)
     assert "launcher slurm: 4 job(s) at once (partition gpu, account osr), each 2 GPU" in said
     assert "[4/4] cutmix/split1-seed0: finished" in said
-    inline = config.replace(smoke, data={"splits": [0, 1]})
+    inline = config.replace(smoke, data={"splits": [0, 1]}, train=ONE)
     trainers.train_methods(inline, ["erm", "cutmix"], tmp_path / "inline")
     for m in ("erm", "cutmix"):
         for k in (0, 1):
@@ -385,7 +393,10 @@ def test_plan_and_device_line_of_slurm_need_no_gpu_here(smoke):
     assert launcher.slots(cfg, 5) == 5 and launcher.slots(config.replace(cfg, train={"workers": 2}), 5) == 2
     local = config.replace(smoke, train={"launcher": "local", "device": "cpu"})
     assert launcher.visible_gpus(local) == [] and launcher.slots(local, 5) == 1
-    assert launcher.worker_threads(config.replace(cfg, train={"slurm": {"cpus_per_job": 6}}), 5) == 6
+    if HAS_THREADS:                   # every job pins train.threads, as every stage does
+        assert launcher.worker_threads(config.replace(cfg, train={"threads": 3}), 5) == 3
+    else:                             # else a SLURM job uses the CPUs it asked for
+        assert launcher.worker_threads(config.replace(cfg, train={"slurm": {"cpus_per_job": 6}}), 5) == 6
 
 
 def test_cli_trains_several_methods_and_keeps_the_teacher_alone(tmp_path, monkeypatch, capsys):
