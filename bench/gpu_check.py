@@ -405,7 +405,8 @@ def main(argv=None) -> int:
 
                 report.data["epoch"] = measure(points, one, t0 + box, report, "epoch", skipped)
                 report.data["epoch"]["setup"] = {"dataset": "synthetic CIFAR-sized noise, closed set", "model": cfg.model.name,
-                                                 "batch_size": cfg.train.batch_size, "image_size": cfg.data.image_size}
+                                                 "batch_size": cfg.train.batch_size, "image_size": cfg.data.image_size,
+                                                 "train": dataclasses.asdict(cfg.train)}
         report.data.setdefault(part, {})["part_seconds"] = round(time.perf_counter() - t0, 1)
         report.save()
     report.data["seconds"] = round(time.perf_counter() - start, 1)
