@@ -35,7 +35,9 @@ with ``PreemptMode=REQUEUE``, a failed node) resumes the same way. Reaching the 
 against ``train.slurm.max_timeouts``; pre-emptions do not.
 
 **The waiting side** (:func:`launch`, called by the pipeline's stages and ``gradmix train`` through
-:func:`gradmix.train.every_run`) submits the jobs, relays each job's output as it is written (the
+:func:`gradmix.train.every_run`) first keeps or restores the runs that are finished already (same
+identity: configuration, code and device type; :func:`finished_here`), so a rerun starts no job for
+them; then it submits the jobs of the others, relays each job's output as it is written (the
 run's own lines: where it trains, resumes or restores, one line per epoch with ``train.progress``),
 prints one line per finished run, and waits for all of them. A failed run is named with its error
 and its log file; no new job starts after a failure, the running ones finish (and are kept), then
@@ -288,15 +290,19 @@ class _Running:
     relay: bool = True
 
 
-def launch(cfg, specs: list[RunSpec], executor: Callable | None = None, poll_s: float = 1.0) -> list[Path]:
+def launch(cfg, specs: list[RunSpec], executor: Callable | None = None, poll_s: float = 1.0,
+           identity: Callable | None = None) -> list[Path]:
     """Train every run of ``specs`` as a job of ``train.launcher`` (``local`` or ``slurm``), wait for all
     of them and return their run directories, in order (module docstring: threads, GPUs, code check,
     progress lines, failures, interruption, logs).
 
-    ``executor(folder, spec, threads)``: the submitit executor of one job (default
-    :func:`make_executor`; tests pass submitit's ``DebugExecutor``, which runs each job in this process).
-    Raises ConfigError (``slurm`` without ``sbatch`` on PATH) before anything is submitted,
-    :class:`JobsFailedError` if any run failed, KeyboardInterrupt after cancelling the running jobs.
+    ``identity(cfg, method, split, seed, device)``: the identity (gradmix.rundir) the run function gives
+    a run; with it, a run that is already finished, or whose finished copy is kept, is kept or restored
+    here (:func:`finished_here`) and no job is started for it. ``executor(folder, spec, threads)``: the
+    submitit executor of one job (default :func:`make_executor`; tests pass submitit's
+    ``DebugExecutor``, which runs each job in this process). Raises ConfigError (``slurm`` without
+    ``sbatch`` on PATH) before anything is submitted, :class:`JobsFailedError` if any run failed,
+    KeyboardInterrupt after cancelling the running jobs.
     """
     t = cfg.train
     if t.launcher == "inline":
@@ -307,6 +313,14 @@ def launch(cfg, specs: list[RunSpec], executor: Callable | None = None, poll_s: 
     if executor is None and t.launcher == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
         raise ConfigError("train.launcher slurm: no `sbatch`/`srun` on PATH; submit from a SLURM login node, or "
                           "use train.launcher local (this machine's GPUs) or inline")
+    every = specs
+    if identity is not None:
+        specs = [s for s in specs if not finished_here(cfg, s, identity)]
+        if len(specs) < len(every):
+            say(f"{len(every) - len(specs)} of {len(every)} run(s) finished already (kept or restored here); "
+                f"{len(specs)} to train")
+        if not specs:
+            return [Path(s.out_dir) for s in every]
     gpus = visible_gpus(cfg)
     n_slots = slots(cfg, len(specs), gpus)
     threads = worker_threads(cfg, n_slots)
@@ -371,7 +385,38 @@ def launch(cfg, specs: list[RunSpec], executor: Callable | None = None, poll_s: 
             raise
     if failures:
         raise JobsFailedError(failures, [s.label for s in queue])
-    return [Path(s.out_dir) for s in specs]
+    return [Path(s.out_dir) for s in every]
+
+
+def job_device(cfg):
+    """The device type a job's run will train on: this machine's for ``local``; for ``slurm`` CUDA
+    when the job asks for GPUs (and ``train.device`` is not ``cpu``), else the CPU."""
+    import torch
+
+    t = cfg.train
+    if t.launcher == "slurm":
+        return torch.device("cuda" if t.slurm.gpus_per_job and t.device != "cpu" else "cpu")
+    if t.device == "auto":                 # as gradmix.train.resolve_device (which imports this module)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(t.device)
+
+
+def finished_here(cfg, spec: RunSpec, identity: Callable) -> bool:
+    """True if ``spec``'s run needs no job: its run directory is finished with the identity the job
+    would give it, or the finished copy kept in its checkpoint folder is, and was restored here
+    (gradmix.checkpoint.RunWriter.done, under the run's lock). A run another process is writing is
+    left to its job, which names the writer."""
+    from .checkpoint import RunLockedError, RunWriter
+
+    device = job_device(cfg)
+    ident = identity(cfg, spec.method, spec.split, spec.seed, device)
+    writer = RunWriter(spec.out_dir, ident, label=spec.label, epochs=1, device="cpu",
+                       checkpoint_dir=cfg.train.checkpoint_dir, progress=False)
+    try:
+        with writer:
+            return writer.done()
+    except RunLockedError:
+        return False
 
 
 def _relay(r: _Running, final: bool = False) -> None:

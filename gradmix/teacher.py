@@ -23,7 +23,7 @@ from .distill import distillation_loss, freeze
 from .mixing import NoOptions
 from .models import build_model
 from .rundir import IncompleteRunError, read_config, run_problem
-from .train import every_run, load_model, run_name, train_run
+from .train import every_run, load_model, run_identity, run_name, train_run
 
 
 def teacher_config(cfg: Config) -> Config:
@@ -55,7 +55,8 @@ def train_teachers(cfg: Config, out_root: str | Path | None = None) -> list[Path
     out_root = Path(out_root or cfg.teacher.dir)
     if not str(out_root) or str(out_root) == ".":
         raise ConfigError("teacher.dir: empty; name the folder the teacher runs go to")
-    return every_run(cfg, "teacher", None, teacher_run, folder=out_root, title=f"teacher ({cfg.teacher.name})")
+    return every_run(cfg, "teacher", None, teacher_run, folder=out_root, title=f"teacher ({cfg.teacher.name})",
+                     identity=teacher_identity)
 
 
 def check_teachers(cfg: Config) -> None:
@@ -115,7 +116,18 @@ def train_student(cfg: Config, method: str, split: int, seed: int, out_dir: str 
     if m.kind != "distill":
         raise ConfigError(f"methods.{method}: kind {m.kind!r}; a student needs kind 'distill'")
     return train_run(cfg, method, split, seed, out_dir, data, loss=student_loss(cfg, m),
-                     identity={"teacher": dataclasses.asdict(cfg.teacher)})
+                     identity=student_identity(cfg))
+
+
+def student_identity(cfg: Config) -> dict:
+    """The config sections a student's results depend on besides the cross-entropy run's: the teacher."""
+    return {"teacher": dataclasses.asdict(cfg.teacher)}
+
+
+def teacher_identity(cfg: Config, method: str, split: int, seed: int, device) -> dict:
+    """The identity (gradmix.rundir) of the teacher run of ``split`` and ``seed`` on a ``device``."""
+    tc = teacher_config(cfg)
+    return run_identity(tc, tc.method("teacher"), split, seed, device)
 
 
 def benchmark_loss(cfg: Config, method: MethodConfig, student: nn.Module, mixer, in_channels: int,

@@ -250,7 +250,7 @@ def write_log(path: Path, log: list[dict]) -> None:
 
 
 def every_run(cfg: Config, method: str, out_root: str | Path | None, run_fn, epochs: int | None = None,
-              folder: str | Path | None = None, title: str | None = None) -> list[Path]:
+              folder: str | Path | None = None, title: str | None = None, identity=None) -> list[Path]:
     """``run_fn(cfg, method, split, seed, <folder>/split<k>-seed<s>, data)`` for every split and seed of
     ``cfg``; ``folder`` defaults to ``out_root/<method>``. Prints the plan first: splits x seeds x
     ``epochs`` (default ``train.epochs``) and the device, headed ``title`` (default ``method``).
@@ -258,7 +258,9 @@ def every_run(cfg: Config, method: str, out_root: str | Path | None, run_fn, epo
     ``train.launcher: inline`` trains the runs here, one after another; ``data`` is a loader of the
     split, called (once per split) only by a run that trains. ``local`` and ``slurm`` train each run as
     its own job (:func:`gradmix.launcher.launch`, which waits for all of them; ``run_fn`` must then be a
-    module-level function and gets ``data=None``). Returns the run directories in split, seed order.
+    module-level function and gets ``data=None``); ``identity(cfg, method, split, seed, device)``, the
+    identity ``run_fn`` gives a run, lets finished runs be kept or restored here instead of in a job.
+    Returns the run directories in split, seed order.
     """
     folder = Path(out_root) / method if folder is None else Path(folder)
     t = cfg.train
@@ -270,7 +272,7 @@ def every_run(cfg: Config, method: str, out_root: str | Path | None, run_fn, epo
         from .launcher import RunSpec, launch
 
         return launch(cfg, [RunSpec(method, split, seed, str(folder / run_name(split, seed)), run_fn)
-                            for split in splits for seed in seeds])
+                            for split in splits for seed in seeds], identity=identity)
     device = resolve_device(t.device)
     out = []
     for split in splits:

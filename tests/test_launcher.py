@@ -4,6 +4,7 @@ with their log files, and Ctrl-C cancels the running jobs."""
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import stat
 import sys
@@ -62,8 +63,9 @@ def test_local_workers_match_inline_bit_for_bit(tmp_path, monkeypatch, capsys, o
     the same run for either launcher (not retrained)."""
     monkeypatch.chdir(tmp_path)
     common = ["train", "--method", "erm", "--params", PARAMS, "--smoke", "--set", "data.splits=[0,1]",
-              "--set", "train.progress=true", *SET_ONE]
-    assert cli.main([*common, "--out", "local", "--set", "train.launcher=local", "--set", "train.workers=2"]) == 0
+              "--set", "train.progress=true", "--set", "train.checkpoint_dir=ckpt", *SET_ONE]
+    local = ["--out", "local", "--set", "train.launcher=local", "--set", "train.workers=2"]
+    assert cli.main([*common, *local]) == 0
     said = capsys.readouterr().out
     assert "launcher local: 2 process(es) at once, 1 CPU thread(s) each" in said
     for split in (0, 1):
@@ -86,6 +88,13 @@ def test_local_workers_match_inline_bit_for_bit(tmp_path, monkeypatch, capsys, o
     assert cli.main([*common, "--out", "local"]) == 0
     said = capsys.readouterr().out
     assert said.count("already finished") == 2 and "training on" not in said
+    # a rerun starts no job for a finished run: kept, or restored from its copy after DVC deleted it
+    shutil.rmtree(tmp_path / "local" / "erm" / "split1-seed0")
+    assert cli.main([*common, *local]) == 0
+    said = capsys.readouterr().out
+    assert "erm/split0-seed0: already finished" in said and "restored erm/split1-seed0 from its finished copy" in said
+    assert "2 of 2 run(s) finished already" in said and "submitted" not in said
+    assert same_files(tmp_path / "local" / "erm" / "split1-seed0", tmp_path / "inline" / "erm" / "split1-seed0")
 
 
 def test_failed_local_job_is_named_with_its_log(smoke, tmp_path, monkeypatch, capsys):
@@ -208,6 +217,13 @@ def test_slurm_launcher_with_debug_executor_matches_inline(smoke, tmp_path, monk
     for m in ("erm", "cutmix"):
         for k in (0, 1):
             assert same_files(tmp_path / "slurm" / m / f"split{k}-seed0", tmp_path / "inline" / m / f"split{k}-seed0")
+    # a rerun submits nothing: on a GPU-less login node it still expects the jobs' CUDA runs (2 GPUs each),
+    # so these CPU runs count as trained differently only when the nodes have GPUs
+    cpu_jobs = config.replace(cfg, train={"slurm": {**SLURM["slurm"], "gpus_per_job": 0}})
+    trainers.train_methods(cpu_jobs, ["erm", "cutmix"], tmp_path / "slurm")
+    assert len(submitted) == 4 and "4 of 4 run(s) finished already" in capsys.readouterr().out
+    trainers.train_methods(cfg, ["erm"], tmp_path / "slurm")       # GPU jobs: a CPU run is not theirs
+    assert [s[0] for s in submitted[4:]] == ["erm/split0-seed0", "erm/split1-seed0"]
 
 
 def test_failed_debug_job_is_named_and_no_new_job_starts(smoke, tmp_path, monkeypatch):
