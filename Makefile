@@ -16,7 +16,7 @@ export PATH := $(BIN):$(PATH)
 PIPELINE_OUTPUTS := runs results/notebooks results/figures results/runs.csv dvc_plots .dvc/tmp
 
 .DEFAULT_GOAL := help
-.PHONY: help env repro test bench data readme-figures check-results clean clean-checkpoints
+.PHONY: help env repro test bench gpu-check data readme-figures check-results clean clean-checkpoints
 
 help:  ## list the targets
 	@echo "gradmix: make <target> [VARIABLE=value]"
@@ -55,6 +55,9 @@ check-results: $(STAMP)  ## clone HEAD, run the whole pipeline there from scratc
 	git clone -q . $$dir/repo && git show HEAD:results/metrics.json > $$dir/reference.json && \
 	(cd $$dir/repo && dvc repro) && \
 	python -m gradmix check-results $$dir/repo/results/metrics.json $$dir/reference.json
+
+gpu-check: $(STAMP)  ## on a CUDA machine, <= 8 min: cuda tests, step benchmark, real epochs -> results/bench_cuda.json
+	python bench/gpu_check.py
 
 clean:  ## remove untracked pipeline outputs (runs/, executed notebooks, figures, dvc_plots/); keeps checkpoints/
 	git clean -fdxq -- $(PIPELINE_OUTPUTS)

@@ -27,6 +27,31 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names it and the valid choices."""
 
 
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` of ``text``, except that an exponent without a dot (``1e-3``, ``5E4``) is a
+    float, as in YAML 1.2 and in the files ``dvc exp run -S`` writes (PyYAML follows YAML 1.1, where
+    ``lr: 1e-3`` is the string "1e-3"). Raises yaml.YAMLError for text that is not YAML."""
+    import yaml
+
+    return yaml.load(text, Loader=_loader())
+
+
+def _loader():
+    import yaml
+
+    global _LOADER
+    if _LOADER is None:
+        class Loader(yaml.SafeLoader):
+            pass
+        Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                     list("-+0123456789"))
+        _LOADER = Loader
+    return _LOADER
+
+
+_LOADER = None
+
+
 def check_choice(where: str, value: Any, choices) -> None:
     """Raise :class:`ConfigError` naming ``where`` and the sorted ``choices`` if ``value`` is not one of them."""
     if value not in choices:
@@ -135,7 +160,7 @@ def list_parameter(where: str, value: Any) -> list:
     if isinstance(value, str):
         text = value.strip()
         try:
-            parsed = yaml.safe_load(text) if text else []
+            parsed = load_yaml(text) if text else []
         except yaml.YAMLError:
             parsed = None
         if isinstance(parsed, list):

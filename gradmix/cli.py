@@ -2,8 +2,9 @@
 
 Subcommands, each with ``--help``:
 
-* ``train --method M [--split K] [--seed S] --out DIR [--params F] [--set key=value ...]``: one run
-  (``DIR/<method>/split<k>-seed<s>/``), or every split × seed of the configuration under ``DIR``;
+* ``train --method M [M ...] [--split K] [--seed S] --out DIR [--params F] [--set key=value ...]``: one
+  run (``DIR/<method>/split<k>-seed<s>/``), or every split × seed of the configuration under ``DIR``;
+  several methods are one batch of jobs with ``train.launcher`` local or slurm (gradmix.launcher);
 * ``evaluate RUN_DIR ...`` / ``evaluate --runs DIR``: open-set metrics as a table, or ``--json``;
 * ``download ...``: fetch, verify and prepare datasets (:func:`gradmix.prepare.main`);
 * ``config [--params F] [--set key=value ...]``: the effective configuration as YAML;
@@ -71,13 +72,24 @@ def _load(args) -> config.Config:
 
 
 def cmd_train(args) -> int:
+    from . import trainers
     from .plan import announce, method_kind
+    from .rundir import planned_runs
 
     cfg = _load(args)
-    method_kind(cfg, args.method)                      # an unknown method or split fails before anything prints
+    methods = list(dict.fromkeys(args.method))
+    for m in methods:
+        method_kind(cfg, m)                            # an unknown method or split fails before anything prints
     sub = subset(cfg, args.split, args.seed)
-    announce(cfg, [args.method], "gradmix train", sub.data.splits, sub.train.seeds, args.out)
-    dirs = train_runs(cfg, args.method, args.out, args.split, args.seed)
+    if len(methods) > 1 and "teacher" in methods:
+        raise config.ConfigError("--method teacher: train the distillation teacher on its own (its students "
+                                 "need it finished first)")
+    announce(cfg, methods, "gradmix train", sub.data.splits, sub.train.seeds, args.out)
+    if len(methods) == 1:
+        dirs = train_runs(cfg, methods[0], args.out, args.split, args.seed)
+    else:                                              # one batch of jobs across the methods (train.launcher)
+        trainers.train_methods(sub, methods, args.out)
+        dirs = [Path(args.out) / m / run for m in methods for run in planned_runs(sub)]
     print("\n".join(str(d) for d in dirs))
     return 0
 
@@ -164,12 +176,14 @@ def parser() -> argparse.ArgumentParser:
                  "data, show the configuration. `gradmix COMMAND --help` describes each command.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train one method: one run, or every split x seed",
+    p = sub.add_parser("train", help="train methods: one run, or every split x seed",
                        description="Train METHOD into OUT/<method>/split<k>-seed<s>/: every split and seed of the "
                        "configuration, or only --split and/or --seed. METHOD is a key of params.yaml `methods` "
                        "(cross-entropy or distilled student), of `contrastive.methods`, or `teacher` (the "
                        "distillation teacher, into OUT/teacher/). Prints the device and the plan first.")
-    p.add_argument("--method", required=True, help="the method to train")
+    p.add_argument("--method", required=True, nargs="+", metavar="METHOD",
+                   help="the method(s) to train; several: with --set train.launcher=local or slurm their runs "
+                        "are one batch of jobs (docs/cluster.md)")
     p.add_argument("--split", type=int, help="only this split (default: every split of data.splits)")
     p.add_argument("--seed", type=int, help="only this seed (default: every seed of train.seeds)")
     p.add_argument("--out", required=True, type=Path, help="the folder that receives <method>/split<k>-seed<s>/")
@@ -219,9 +233,21 @@ def parser() -> argparse.ArgumentParser:
 ERRORS = (ValueError, OSError)   # ConfigError and corrupt files are ValueErrors; missing files OSErrors
 
 
-def main(argv=None) -> int:
-    """Run one subcommand; ordinary errors -> one line on stderr and status 2."""
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user meets in ordinary use, each with a message that names the problem: bad
+    configuration and corrupt files (ValueError), missing files (OSError), failed downloads, a run
+    another process is writing, a diverged run, runs failed in their jobs, code changed under waiting
+    jobs. The CLI prints them as one line; anything else is a bug and keeps its traceback."""
+    from .checkpoint import DivergedError, RunLockedError
     from .download import DownloadError
+    from .launcher import CodeChangedError, JobsFailedError
+
+    return (*ERRORS, DownloadError, RunLockedError, DivergedError, JobsFailedError, CodeChangedError)
+
+
+def main(argv=None) -> int:
+    """Run one subcommand; the errors of :func:`expected_errors` -> one line on stderr and status 2."""
+    from .launcher import JobsFailedError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["download"]:             # every other argument is gradmix.download's (argparse's
@@ -233,7 +259,7 @@ def main(argv=None) -> int:
             return e.code
     try:
         return args.func(args)
-    except (*ERRORS, DownloadError) as e:
+    except expected_errors() as e:
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"gradmix {args.command}: error: {message}", file=sys.stderr)
         return EXIT_ERROR

@@ -35,7 +35,7 @@ from .scores import SCORES
 from .splits import OSR_SPLITS
 
 __all__ = ["ConfigError", "build", "check_choice", "check_range", "Config", "DataConfig", "ModelConfig",
-           "TrainConfig", "MethodConfig", "EvalConfig", "BenchConfig", "OODConfig", "CorruptionConfig",
+           "TrainConfig", "SlurmConfig", "MethodConfig", "EvalConfig", "BenchConfig", "OODConfig", "CorruptionConfig",
            "ProfileConfig", "TeacherConfig", "SECTIONS", "from_dict", "load", "merge", "profile_names",
            "apply_profile", "apply_smoke", "replace", "builtin_defaults", "parse_overrides", "apply_overrides",
            "yaml_values", "check_complete", "check_templated", "check_name", "pin_threads"]
@@ -116,6 +116,40 @@ class ModelConfig:
         check_range("model.width", self.width, 1)
 
 
+LAUNCHERS = ("inline", "local", "slurm")
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """``train.slurm``: the sbatch parameters of each job with ``train.launcher: slurm`` (gradmix.launcher)."""
+
+    partition: str = ""             # --partition; "" = the cluster's default
+    account: str = ""               # --account; "" = your default account
+    gpus_per_job: int = 1           # --gpus-per-node
+    cpus_per_job: int = 8           # --cpus-per-task: each job's CPU cores (its torch threads: train.threads)
+    mem_gb: int = 32                # --mem
+    time_min: int = 240             # --time in minutes; a job that reaches it is requeued and resumes
+    max_timeouts: int = 20          # requeues after reaching time_min before a run is given up (pre-emptions do not count)
+    setup: tuple[str, ...] = ()     # shell lines run before each job (module load ..., source .venv/bin/activate)
+    extra: dict = field(default_factory=dict, hash=False)   # any other sbatch flag, e.g. {qos: high, constraint: h100}
+
+    def __post_init__(self):
+        for key in ("gpus_per_job", "max_timeouts"):
+            check_range(f"train.slurm.{key}", getattr(self, key), 0)
+        for key in ("cpus_per_job", "mem_gb", "time_min"):
+            check_range(f"train.slurm.{key}", getattr(self, key), 1)
+        if not isinstance(self.extra, Mapping):
+            raise ConfigError(f"train.slurm.extra: expected a mapping of sbatch flags, e.g. {{qos: high}}, "
+                              f"got {self.extra!r}")
+        for k, v in self.extra.items():
+            if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", k):
+                raise ConfigError(f"train.slurm.extra: {k!r} is not an sbatch flag name (e.g. qos, constraint, "
+                                  f"mail_type)")
+            if isinstance(v, (dict, list, tuple)) or v is None or v is False:
+                raise ConfigError(f"train.slurm.extra.{k}: {v!r}; give a string or number (true: a flag "
+                                  f"without value)")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 15
@@ -143,6 +177,10 @@ class TrainConfig:
     channels_last: bool = False     # model and batches in channels-last memory format
     compile: bool = False           # torch.compile of each model stage (start-up cost: docs/speed.md)
     max_data_fraction: float = 0.5  # a split's images may take at most this share of device memory (CPU: available RAM); 0 = no check
+    launcher: str = "inline"        # inline: one run after another here | local: a process per run | slurm: a job per run
+    workers: int = 0                # runs at once; 0 = local: one per visible GPU (1 without), slurm: all
+    log_dir: str = "logs"           # local/slurm: each job's log files, <log_dir>/<method>/<run>/ (shared disk for slurm)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def __post_init__(self):
         check_range("train.epochs", self.epochs, 1)
@@ -167,6 +205,14 @@ class TrainConfig:
             raise ConfigError(f"train.device: unknown value {self.device!r}; valid: auto, cpu, cuda, cuda:N")
         check_choice("train.precision", self.precision, PRECISIONS)
         check_range("train.max_data_fraction", self.max_data_fraction, 0.0, 1.0)
+        check_choice("train.launcher", self.launcher, LAUNCHERS)
+        check_range("train.workers", self.workers, 0)
+        if self.launcher != "inline" and not self.log_dir:
+            raise ConfigError(f"train.log_dir: empty; train.launcher {self.launcher} needs a folder for the job logs")
+        if isinstance(self.slurm, Mapping):          # from params.yaml or config.replace: validate the section
+            object.__setattr__(self, "slurm", build(SlurmConfig, self.slurm, "train.slurm"))
+        elif not isinstance(self.slurm, SlurmConfig):
+            raise ConfigError(f"train.slurm: expected a mapping of sbatch parameters, got {self.slurm!r}")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from .checks import ConfigError
+from .checks import ConfigError, load_yaml
 
 SECTIONS = {("methods",): ("mixer", "kind"), ("contrastive", "methods"): ("view",)}   # where methods live
 DEFAULTS = {"kind": "ce"}
@@ -161,7 +161,7 @@ def read_params(text: str, source: str = "params.yaml") -> Any:
     """
     try:
         anchors, merges = _walk(text, source)
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"params file {source} is not valid YAML: {e}") from None
     check_inheritance(data, merges, anchors, source)

@@ -2,7 +2,8 @@
 
 :func:`announce` prints the device (``train.device`` resolved), the profile with every explicit value
 that overrides it (:attr:`gradmix.config.Config.overridden`) and the plan: methods × splits × seeds ×
-epochs. When ``train.device: auto`` finds no CUDA device for a profile other than the embedded
+epochs, and with ``train.launcher`` local or slurm how the runs are fanned out (gradmix.launcher). When
+``train.device: auto`` finds no CUDA device for a profile other than the embedded
 ``default``, it warns in one line on stderr (:func:`cpu_fallback_warning`): a paper profile on a CPU
 takes days, not minutes.
 """
@@ -32,6 +33,8 @@ def device_line(cfg: Config) -> str:
 
     from .train import resolve_device
 
+    if cfg.train.launcher == "slurm":            # the jobs' nodes decide; this (login) node may have no GPU
+        return f"device: train.device={cfg.train.device} in SLURM jobs"
     dev = resolve_device(cfg.train.device)
     if dev.type == "cuda":
         index = dev.index if dev.index is not None else torch.cuda.current_device()
@@ -44,7 +47,8 @@ def cpu_fallback_warning(cfg: Config) -> str | None:
     """One line when ``train.device: auto`` falls back to the CPU for a profile other than ``default``."""
     import torch
 
-    if cfg.train.device != "auto" or cfg.profile.name == "default" or torch.cuda.is_available():
+    if (cfg.train.device != "auto" or cfg.profile.name == "default" or torch.cuda.is_available()
+            or cfg.train.launcher == "slurm"):
         return None
     return (f"warning: train.device=auto found no CUDA device, so profile {cfg.profile.name} "
             f"({cfg.data.dataset}, {cfg.train.epochs} epochs) trains on the CPU; set train.device=cpu "
@@ -86,6 +90,11 @@ def announce(cfg: Config, methods, title: str = "", splits=None, seeds=None, out
         print(f"  {note}", file=file)
     for line in plan_lines(cfg, methods, splits, seeds, out):
         print(f"  {line}", file=file)
+    if cfg.train.launcher != "inline":
+        from .launcher import describe
+
+        runs = len(list(cfg.data.splits if splits is None else splits)) * len(list(cfg.train.seeds if seeds is None else seeds))
+        print(f"  {describe(cfg, runs * len(list(methods)))}", file=file)
     file.flush()
     warning = cpu_fallback_warning(cfg)
     if warning:

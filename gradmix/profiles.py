@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-from .checks import ConfigError, build, check_choice
+from .checks import ConfigError, build, check_choice, load_yaml
 from .inheritance import read_params
 
 __all__ = ["ProfileConfig", "PROFILE_SECTIONS", "merge", "profile_names", "select_profile", "apply_profile",
@@ -50,10 +50,10 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
 def profile_names(path: str | Path = "params.yaml") -> list[str]:
     """The profiles defined in the profile file that ``path`` (a params.yaml) points to."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = load_yaml(path.read_text()) or {}
     prof = build(ProfileConfig, raw.get("profile"), "profile")
     file = path.parent / prof.file
-    return list(yaml.safe_load(file.read_text()) or {}) if file.is_file() else ["default"]
+    return list(load_yaml(file.read_text()) or {}) if file.is_file() else ["default"]
 
 
 def select_profile(raw: Mapping[str, Any], base_dir: str | Path) -> tuple[str, dict]:
@@ -257,7 +257,7 @@ def parse_overrides(overrides: Mapping[str, Any] | list[str] | None) -> dict[str
             if not eq:
                 raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=3")
             try:
-                value = yaml.safe_load(text) if text.strip() else ""
+                value = load_yaml(text) if text.strip() else ""
             except yaml.YAMLError as e:
                 raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
             items.append((key.strip(), value))

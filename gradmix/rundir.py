@@ -16,8 +16,8 @@ sha256 of each run file and the hash of the run's *identity* (below). The rules 
 
 A run's **identity** (:func:`make_identity`) is everything that determines its results: its method,
 split, seed and track, the config sections it reads (without knobs that change nothing: ``progress``,
-``checkpoint_every``, ``checkpoint_dir``, ``device``, the lists of splits and seeds, the data root and
-mirror), the device *type* (CPU and CUDA runs differ, and their random-number states have different
+``checkpoint_every``, ``checkpoint_dir``, ``device``, the launcher knobs, the lists of splits and seeds,
+the data root and mirror), the device *type* (CPU and CUDA runs differ, and their random-number states have different
 formats), and the sha256 of each source file of this package that training executes (everything but
 the modules that only read finished runs or fetch data: :data:`NOT_TRAINING_CODE`). A checkpoint or a
 finished run is only reused for the same identity, so a changed parameter *or* an edited mixer never
@@ -50,12 +50,13 @@ REPLACED = ".old"                 # <run>.old: the previous copy while a new one
 FORMAT = 1
 
 # knobs that do not change a run's results, left out of its identity
-NOT_RESULTS = {"train": ("progress", "checkpoint_every", "checkpoint_dir", "device", "seeds", "max_data_fraction"),
+NOT_RESULTS = {"train": ("progress", "checkpoint_every", "checkpoint_dir", "device", "seeds", "max_data_fraction",
+                          "launcher", "workers", "log_dir", "slurm"),
                "data": ("root", "mirror", "splits"),
                "teacher": ("dir",)}
 # package modules that training never executes (they read finished runs, or fetch verified data)
 NOT_TRAINING_CODE = ("evaluate.py", "report.py", "robustness.py", "ood.py", "corruption.py", "scores.py",
-                     "download.py", "cli.py", "__main__.py")
+                     "download.py", "cli.py", "__main__.py", "launcher.py")
 
 
 class IncompleteRunError(FileNotFoundError):

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 
 from torch import nn
 
 from .config import Config, ConfigError, MethodConfig
 from .distill import distillation_loss, freeze
-from .epochlog import say
 from .mixing import NoOptions
 from .models import build_model
 from .rundir import IncompleteRunError, read_config, run_problem
-from .train import load_model, load_split, resolve_device, run_name, train_run
+from .train import every_run, load_model, run_identity, run_name, train_run
 
 
 def teacher_config(cfg: Config) -> Config:
@@ -44,20 +43,20 @@ def train_teacher(cfg: Config, split: int, seed: int, out_dir: str | Path, data=
     return train_run(teacher_config(cfg), "teacher", split, seed, out_dir, data)
 
 
+def teacher_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Path, data=None) -> Path:
+    """:func:`train_teacher` with the signature of :func:`gradmix.train.every_run`'s ``run_fn`` (``method``
+    is ``teacher``)."""
+    return train_teacher(cfg, split, seed, out_dir, data)
+
+
 def train_teachers(cfg: Config, out_root: str | Path | None = None) -> list[Path]:
-    """Train the teachers of every split and seed into ``out_root`` (default ``cfg.teacher.dir``)."""
+    """Train the teachers of every split and seed into ``out_root`` (default ``cfg.teacher.dir``), one
+    after another or as jobs (``train.launcher``, :func:`gradmix.train.every_run`)."""
     out_root = Path(out_root or cfg.teacher.dir)
     if not str(out_root) or str(out_root) == ".":
         raise ConfigError("teacher.dir: empty; name the folder the teacher runs go to")
-    device = resolve_device(cfg.train.device)
-    say(f"teacher ({cfg.teacher.name}): {len(cfg.data.splits)} split(s) {list(cfg.data.splits)} x "
-        f"{len(cfg.train.seeds)} seed(s) {list(cfg.train.seeds)} x {cfg.train.epochs} epochs on {device} -> {out_root}")
-    out = []
-    for split in cfg.data.splits:
-        data = cache(partial(load_split, cfg, split, device))   # loaded only if a teacher trains
-        for seed in cfg.train.seeds:
-            out.append(train_teacher(cfg, split, seed, out_root / run_name(split, seed), data))
-    return out
+    return every_run(cfg, "teacher", None, teacher_run, folder=out_root, title=f"teacher ({cfg.teacher.name})",
+                     identity=teacher_identity)
 
 
 def check_teachers(cfg: Config) -> None:
@@ -117,7 +116,18 @@ def train_student(cfg: Config, method: str, split: int, seed: int, out_dir: str 
     if m.kind != "distill":
         raise ConfigError(f"methods.{method}: kind {m.kind!r}; a student needs kind 'distill'")
     return train_run(cfg, method, split, seed, out_dir, data, loss=student_loss(cfg, m),
-                     identity={"teacher": dataclasses.asdict(cfg.teacher)})
+                     identity=student_identity(cfg))
+
+
+def student_identity(cfg: Config) -> dict:
+    """The config sections a student's results depend on besides the cross-entropy run's: the teacher."""
+    return {"teacher": dataclasses.asdict(cfg.teacher)}
+
+
+def teacher_identity(cfg: Config, method: str, split: int, seed: int, device) -> dict:
+    """The identity (gradmix.rundir) of the teacher run of ``split`` and ``seed`` on a ``device``."""
+    tc = teacher_config(cfg)
+    return run_identity(tc, tc.method("teacher"), split, seed, device)
 
 
 def benchmark_loss(cfg: Config, method: MethodConfig, student: nn.Module, mixer, in_channels: int,

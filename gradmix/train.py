@@ -285,19 +285,36 @@ def write_log(path: Path, log: list[dict]) -> None:
         w.writerows(log)
 
 
-def every_run(cfg: Config, method: str, out_root: str | Path, run_fn, epochs: int | None = None) -> list[Path]:
-    """``run_fn(cfg, method, split, seed, out_root/<method>/<split>-<seed>, data)`` for every split and
-    seed of ``cfg``; ``data`` is a loader of the split, called (once per split) only by a run that
-    trains. Prints the plan first: splits x seeds x ``epochs`` (default ``train.epochs``) and the device."""
-    device = resolve_device(cfg.train.device)
-    splits, seeds = list(cfg.data.splits), list(cfg.train.seeds)
-    say(f"{method}: {len(splits)} split(s) {splits} x {len(seeds)} seed(s) {seeds} x "
-        f"{epochs or cfg.train.epochs} epochs on {device} -> {Path(out_root) / method}")
+def every_run(cfg: Config, method: str, out_root: str | Path | None, run_fn, epochs: int | None = None,
+              folder: str | Path | None = None, title: str | None = None, identity=None) -> list[Path]:
+    """``run_fn(cfg, method, split, seed, <folder>/split<k>-seed<s>, data)`` for every split and seed of
+    ``cfg``; ``folder`` defaults to ``out_root/<method>``. Prints the plan first: splits x seeds x
+    ``epochs`` (default ``train.epochs``) and the device, headed ``title`` (default ``method``).
+
+    ``train.launcher: inline`` trains the runs here, one after another; ``data`` is a loader of the
+    split, called (once per split) only by a run that trains. ``local`` and ``slurm`` train each run as
+    its own job (:func:`gradmix.launcher.launch`, which waits for all of them; ``run_fn`` must then be a
+    module-level function and gets ``data=None``); ``identity(cfg, method, split, seed, device)``, the
+    identity ``run_fn`` gives a run, lets finished runs be kept or restored here instead of in a job.
+    Returns the run directories in split, seed order.
+    """
+    folder = Path(out_root) / method if folder is None else Path(folder)
+    t = cfg.train
+    splits, seeds = list(cfg.data.splits), list(t.seeds)
+    where = f"{t.device} in SLURM jobs" if t.launcher == "slurm" else resolve_device(t.device)
+    say(f"{title or method}: {len(splits)} split(s) {splits} x {len(seeds)} seed(s) {seeds} x "
+        f"{epochs or t.epochs} epochs on {where} -> {folder}")
+    if t.launcher != "inline":
+        from .launcher import RunSpec, launch
+
+        return launch(cfg, [RunSpec(method, split, seed, str(folder / run_name(split, seed)), run_fn)
+                            for split in splits for seed in seeds], identity=identity)
+    device = resolve_device(t.device)
     out = []
     for split in splits:
         data = cache(partial(load_split, cfg, split, device))
         for seed in seeds:
-            out.append(run_fn(cfg, method, split, seed, Path(out_root) / method / run_name(split, seed), data))
+            out.append(run_fn(cfg, method, split, seed, folder / run_name(split, seed), data))
     return out
 
 

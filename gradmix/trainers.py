@@ -27,9 +27,11 @@ from .checks import ConfigError
 from .config import Config
 from .contrastive import runs as contrastive_runs
 from .data import DATASETS, OpenSetData, check_splits
+from .epochlog import say
 from .models import build_model
-from .teacher import check_teachers, train_student
+from .teacher import check_teachers, student_identity, train_student
 from .train import check_method, every_run
+from .train import run_identity as ce_identity
 from .train import train_run as train_ce
 
 TRACKS = ("ce", "distill", "contrastive")
@@ -61,6 +63,17 @@ def train_run(cfg: Config, method: str, split: int, seed: int, out_dir: str | Pa
     if kind == "distill":
         return train_student(cfg, method, split, seed, out_dir, data)
     return train_ce(cfg, method, split, seed, out_dir, data)
+
+
+def run_identity(cfg: Config, method: str, split: int, seed: int, device) -> dict:
+    """The identity (gradmix.rundir) :func:`train_run` gives the run of ``method`` (any track) on
+    ``split`` with ``seed`` on a ``device`` of that type: what a finished run or its kept copy must match."""
+    kind = track(cfg, method)
+    device = torch.device(device)
+    if kind == "contrastive":
+        return contrastive_runs.run_identity(cfg, cfg.contrastive.method(method), split, seed, device)
+    return ce_identity(cfg, cfg.method(method), split, seed, device,
+                       student_identity(cfg) if kind == "distill" else None)
 
 
 def check(cfg: Config, methods) -> None:
@@ -97,14 +110,27 @@ def train_method(cfg: Config, method: str, out_root: str | Path) -> list[Path]:
     """Train ``method`` on every split and seed of ``cfg`` into ``out_root/<method>/split<k>-seed<s>``;
     returns the run directories."""
     check(cfg, [method])
-    return every_run(cfg, method, out_root, train_run, epochs(cfg, method))
+    return every_run(cfg, method, out_root, train_run, epochs(cfg, method), identity=run_identity)
 
 
 def train_methods(cfg: Config, methods, out_root: str | Path) -> Path:
     """Train each of ``methods`` (any mix of tracks) on every split and seed into ``out_root``, after
-    checking all of them (:func:`check`); returns ``out_root``."""
+    checking all of them (:func:`check`); returns ``out_root``.
+
+    With ``train.launcher`` ``local`` or ``slurm`` the runs of all the methods are one batch of jobs
+    (:func:`gradmix.launcher.launch`), so ``train.workers`` GPUs stay busy across methods.
+    """
     methods = list(methods)
     check(cfg, methods)
-    for m in methods:
-        every_run(cfg, m, out_root, train_run, epochs(cfg, m))
+    if cfg.train.launcher == "inline" or len(methods) < 2:
+        for m in methods:
+            every_run(cfg, m, out_root, train_run, epochs(cfg, m), identity=run_identity)
+        return Path(out_root)
+    from .launcher import RunSpec, launch
+    from .rundir import run_name
+
+    say(f"{len(methods)} methods {methods}: {len(cfg.data.splits)} split(s) {list(cfg.data.splits)} x "
+        f"{len(cfg.train.seeds)} seed(s) {list(cfg.train.seeds)} -> {Path(out_root)}/<method>")
+    launch(cfg, [RunSpec(m, split, seed, str(Path(out_root) / m / run_name(split, seed)), train_run)
+                 for m in methods for split in cfg.data.splits for seed in cfg.train.seeds], identity=run_identity)
     return Path(out_root)

@@ -27,10 +27,10 @@ def cfg(params_file):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` are skipped on a machine without a CUDA device."""
+    """Tests marked ``cuda`` need a CUDA device: skipped without one (``make gpu-check`` runs them)."""
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device (marked cuda; make gpu-check runs these)")
+    skip = pytest.mark.skip(reason="needs a CUDA device (make gpu-check runs the tests marked cuda)")
     for item in items:
-        if "cuda" in item.keywords:
+        if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)

@@ -82,6 +82,41 @@ def test_ordinary_errors_print_one_line_and_exit_2(capsys, tmp_path, monkeypatch
     assert not (ROOT / "unused").exists()
 
 
+TINY_TRAIN = ["--set", "data.max_train=48", "--set", "data.image_size=12", "--set", "train.epochs=1",
+              "--set", "train.batch_size=16", "--set", "train.checkpoint_dir=", "--set", "train.progress=false"]
+
+
+def test_a_diverged_run_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch):
+    """Errors raised during training (not only config errors) are named in one line, no traceback."""
+    monkeypatch.chdir(ROOT)
+    code, out, err = run_cli(capsys, "train", "--method", "erm", "--split", "0", "--out", str(tmp_path),
+                             *TINY_TRAIN, "--set", "train.lr=1e6")
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith("gradmix train: error: erm/split0-seed0 (method erm, split 0, seed 0): the ")
+    assert "train.lr 1000000.0" in err
+    assert not (tmp_path / "erm" / "split0-seed0").exists()
+
+
+def test_a_locked_run_is_one_line_and_exit_2(capsys, tmp_path, monkeypatch):
+    from gradmix.checkpoint import RunLock, checkpoint_folder
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "erm" / "split0-seed0"
+    lock = checkpoint_folder(out, "") / "writer.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from gradmix.checkpoint import RunLock; "
+                               "RunLock(sys.argv[1], 'erm/split0-seed0').acquire(); print('locked', flush=True); "
+                               "time.sleep(600)", str(lock)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = run_cli(capsys, "train", "--method", "erm", "--split", "0", "--out", str(tmp_path),
+                               *TINY_TRAIN)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+    assert f"another process is writing this run (pid {holder.pid}" in err and str(lock) in err
+
+
 def test_config_shows_explicit_set_over_the_profile(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     code, out, err = run_cli(capsys, "config", "--set", "profile.name=paper_cifar10", "--set", "train.epochs=10")

@@ -265,3 +265,19 @@ def test_explore_takes_stages_as_papermill_passes_them(tmp_path):
     fig = explore.explore_figure(root, "gradmix", stages='["stage3"]', n_images=2)
     text = " ".join([fig.texts[0].get_text() if fig.texts else ""] + [a.get_title() for a in fig.axes])
     assert "stage3" in text and "stage2" not in text
+
+
+def test_an_exponent_without_a_dot_is_a_number(tmp_path):
+    """YAML 1.1 (PyYAML) reads `lr: 1e-3` as the string "1e-3"; YAML 1.2, DVC's `-S` and every user read
+    it as 0.001. The params file, --set overrides and list parameters all read it as a number."""
+    from gradmix.checks import list_parameter, load_yaml
+
+    text = (ROOT / "params.yaml").read_text().replace("  lr: 0.05", "  lr: 5e-2", 1)
+    assert "lr: 5e-2" in text
+    cfg = config.load(write(tmp_path, text))
+    assert cfg.train.lr == 0.05 and isinstance(cfg.train.lr, float)
+    assert config.load(ROOT / "params.yaml", overrides=["train.weight_decay=1E-4"]).train.weight_decay == 1e-4
+    with pytest.raises(ConfigError, match=r"train.lr: -1.0 is out of range"):     # read as a number, then checked
+        config.load(ROOT / "params.yaml", overrides=["train.lr=-1e+0"])
+    assert load_yaml("[1e6, 2.5e-3, -3E2, 1_0e1, 1e, e5, 10]") == [1e6, 2.5e-3, -300.0, 100.0, "1e", "e5", 10]
+    assert list_parameter("x", "[1e-2]") == [0.01]

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILES = yaml.safe_load((ROOT / "params_paper.yaml").read_text())
 MACHINE = {"data": {"root", "mirror", "storage"},
            "train": {"device", "threads", "progress", "checkpoint_every", "checkpoint_dir", "precision",
-                     "channels_last", "compile", "max_data_fraction"}}
+                     "channels_last", "compile", "max_data_fraction", "launcher", "workers", "log_dir", "slurm"}}
 
 
 def with_profile(tmp_path, name, profiles=None):
