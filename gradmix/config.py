@@ -267,7 +267,8 @@ class EvalConfig:
     primary_score: str = "mls"      # the score used for figures (ROC, distributions) and differences
     baseline: str = "erm"           # every cross-entropy method is compared with it ("" = none)
     pairs: tuple[tuple[str, ...], ...] = (("gradmix", "gradmix_random"), ("gradmix_ce", "gradmix"),
-                                          ("gradmix_ce", "gradmix_random"))   # more (a, b) comparisons
+                                          ("gradmix_ce", "gradmix_random"),
+                                          ("gradmix_shared", "gradmix"))   # more (a, b) comparisons
     confidence: float = 0.95        # of the paired-bootstrap interval of each mean difference
     bootstrap_resamples: int = 10000
     bootstrap_seed: int = 0
