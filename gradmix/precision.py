@@ -117,7 +117,13 @@ def prepare_model(model: nn.Module, *, channels_last: bool = False, compile: boo
         import torch._functorch.config as functorch_config
 
         functorch_config.donated_buffer = False     # the shared pass backwards twice through one graph
+        import torch._dynamo.config as dynamo_config
+
         net = classifier if classifier is not None else model
+        # dynamo keeps its compiled variants per code object, and stages of one type (nn.Sequential)
+        # share theirs: each stage, mode (train, eval, no_grad) and batch shape is a variant, and past
+        # recompile_limit (8) dynamo silently runs the stage uncompiled. Allow 8 per stage.
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 8 * len(net.stages))
         for name in net.stages:
             stage = net.stage(name)
             stage.forward = torch.compile(stage.forward)

@@ -579,3 +579,33 @@ def test_compiled_stages_keep_hooks_and_state_dict_keys(params, monkeypatch):
         s_(x, y, K, torch.Generator().manual_seed(0), 0.0)
     for p, q in zip(plain.parameters(), model.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_every_stage_stays_compiled_past_dynamos_recompile_limit(monkeypatch):
+    """Stages of one type share their code object, so dynamo counts every stage, mode and shape
+    against one recompile limit (8), past which it silently runs a stage uncompiled. Four Sequential
+    stages in three modes are twelve variants: each must reach the backend."""
+    import torch._dynamo as dynamo
+
+    graphs = []
+
+    def counting(gm, inputs):                       # a backend that records each compiled variant
+        graphs.append(gm)
+        return gm.forward
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend=counting, **kw))
+    monkeypatch.setattr(dynamo.config, "recompile_limit", 8)
+    dynamo.reset()
+    model = SmallCNN(1, 3, width=4)
+    prepare_model(model, compile=True)
+    assert len(model.stages) >= 3
+    x = torch.randn(4, 1, 16, 16)
+    model.train()
+    model(x).sum().backward()
+    model.eval()
+    model(x)
+    with torch.no_grad():
+        model(x)
+    assert len(graphs) >= 3 * len(model.stages) > 8
+    dynamo.reset()
