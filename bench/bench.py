@@ -213,6 +213,7 @@ def main(argv=None) -> dict:
                                                       "bench"))
     b = cfg.bench
     device = resolve_device(b.device)
+    torch.set_num_threads(b.threads or cfg.train.threads)   # config.load pinned train.threads
     g = torch.Generator().manual_seed(0)
     x = torch.randn(b.batch_size, b.channels, b.image_size, b.image_size, generator=g).to(device)
     y = torch.randint(0, b.num_classes, (b.batch_size,), generator=g).to(device)

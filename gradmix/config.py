@@ -304,9 +304,11 @@ class BenchConfig:
     channels_last: bool = False     # the other layout is timed for erm and shared GradMix too
     compile: bool = False           # torch.compile each model's stages (startup_seconds: the first step)
     clock: str = "auto"             # auto (CPU time on a 1-thread CPU device, else wall) | wall | cpu
+    threads: int = 1                # torch CPU threads while timing (instead of train.threads); 0 = train.threads
 
     def __post_init__(self):
         check_choice("bench.model", self.model, MODELS)
+        check_range("bench.threads", self.threads, 0)
         check_choice("bench.clock", self.clock, {"auto", "wall", "cpu"})
         check_choice("bench.precision", self.precision, PRECISIONS)
         for key in ("width", "image_size", "channels", "batch_size", "repeats", "rounds"):

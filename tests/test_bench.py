@@ -38,6 +38,7 @@ def test_bench_writes_ratios(tmp_path):
     assert set(result["targets"]) == {"shared overhead, gt_logit (ERM steps)", "shared overhead, ce (ERM steps)",
                                       "GradMix shared / ERM"}
     assert all(0 <= v for v in result["noise"].values()) and result["setup"]["rounds"] == 2
-    assert result["clock"] == ("cpu" if result["machine"]["threads"] == 1 else "wall")
+    # bench.threads (1) replaces the train.threads (2) that loading params.yaml pinned: the CPU-time clock
+    assert result["machine"]["threads"] == 1 and result["clock"] == "cpu"
     assert set(result["wall_step_seconds"]) == set(s)
     assert result["setup"]["batch_size"] == 8 and result["images_per_second"]["erm"] == 8 / s["erm"]
